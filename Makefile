@@ -1,0 +1,25 @@
+# invedit: the two commands a newcomer needs (README.md).
+#   make demo   install, then invert and reconstruct a photo with the model that ships in assets/
+#   make test   install, then run the test suite (what CI runs)
+PYTHON ?= python3
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test test-all demo bench
+
+install:
+	@# The CPU build of torch 2.13.0 unless a torch (a CUDA build, say) is already installed.
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+test: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
+
+test-all: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q --runslow
+
+demo: install
+	$(PYTHON) -m invedit roundtrip assets/photos/astronaut.png --prompt "a photo" --out runs/demo
+
+bench: install
+	$(PYTHON) benchmarks/bench_inversion.py

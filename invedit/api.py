@@ -1,0 +1,271 @@
+"""The library API: every command of the CLI is one call here. Returns frozen dataclasses, prints nothing.
+
+Progress is reported through a callback `progress(stage, done, total)`; warnings (an inversion that did
+not converge, a prompt that was truncated) come back in the results for the caller to show.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from . import __version__
+from .ddim import sample
+from .guidance import guided
+from .invert import METHODS, FixedPointOptions, invert
+from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
+from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
+from .schedule import Schedule
+from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
+
+Progress = Callable[[str, int, int], None]  # (stage, steps done, steps in all)
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes-64"
+
+
+class InveditError(ValueError):
+    """A problem with the user's input that the caller should show as a message, not a traceback."""
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    steps: int = 50  # DDIM steps; the same Schedule is used to regenerate
+    method: str = "fixed-point"  # "ddim" (plain) or "fixed-point" (exact inverse of each sampling step)
+    guidance: float = 1.0  # classifier-free guidance scale the inversion is made for
+    tol: float = 1e-6  # fixed-point: relative residual to stop at
+    max_iter: int = 20  # fixed-point: iterations per step at most
+    negative_prompt: str = ""  # the unconditional prompt of guidance
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InveditError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.steps < 1:
+            raise InveditError(f"steps must be at least 1, got {self.steps}")
+        FixedPointOptions(self.tol, self.max_iter)
+
+
+@dataclass(frozen=True)
+class InvertResult:
+    inversion: Inversion
+    prepared: Prepared
+    path: Optional[Path]  # the inversion file, when written
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReconstructResult:
+    report: dict[str, Any]  # JSON-ready: metrics, settings, timings, versions
+    image: Any  # PIL image at the input's size
+    paths: dict[str, Path] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def default_model() -> str:
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise InveditError(f"no --model given and the shipped model is not at {DEFAULT_MODEL}: "
+                           "pass --model <diffusers folder | .safetensors file | hub id>")
+    return str(DEFAULT_MODEL)
+
+
+def load(model: Optional[str] = None, device: str = "auto", dtype: str = "fp32", model_config: Optional[str] = None):
+    """Load a model (the shipped one when `model` is None) through the model adapter."""
+    from .model import ModelLoadError, load_model
+
+    try:
+        return load_model(model or default_model(), device=device, dtype=dtype, config=model_config)
+    except ModelLoadError as exc:
+        raise InveditError(str(exc)) from None
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str, device: torch.device) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # once per stage, never inside the step loop
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _eps_fn(model, prompt: str, negative_prompt: str, guidance: float):
+    cond = model.encode_text([prompt])
+    uncond = model.encode_text([negative_prompt]) if guidance != 1.0 else None
+    return guided(model.eps, cond, uncond, guidance)
+
+
+def _prompt_warnings(model, prompt: str) -> list[str]:
+    n, limit = model.token_count(prompt), model.tokenizer.model_max_length
+    return [f"prompt is {n} tokens long and was truncated to {limit}"] if n > limit else []
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Open and decode an image file, raising ImageError if it cannot be used (no model needed)."""
+    read_image(path)
+
+
+def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: InversionSettings = InversionSettings(),
+                    progress: Progress = _noop) -> tuple[Inversion, list[str]]:
+    """Invert an image already sized for the model (see `io.prepare`)."""
+    seconds: dict[str, float] = {}
+    schedule = Schedule.create(model.noise, settings.steps)
+    with torch.no_grad():
+        with _timed(seconds, "encode", model.device):
+            z0 = model.encode_image(prepared.pixels)  # (1, 4, H/f, W/f)
+            eps_fn = _eps_fn(model, prompt, settings.negative_prompt, settings.guidance)
+        with _timed(seconds, "invert", model.device):
+            traj = invert(eps_fn, z0, schedule, settings.method, FixedPointOptions(settings.tol, settings.max_iter),
+                          callback=lambda d, n: progress("invert", d, n))
+    warnings = _prompt_warnings(model, prompt)
+    if settings.method == "fixed-point" and traj.max_residual > settings.tol:
+        bad = sum(r > settings.tol for r in traj.residuals)
+        warnings.append(f"fixed-point iteration did not reach tol {settings.tol:g} on {bad} of {schedule.steps} steps "
+                        f"(largest residual {traj.max_residual:.2e}); raise --max-iter or --steps for a closer inverse")
+    stats = {"residuals": list(traj.residuals), "iterations": list(traj.iterations),
+             "network_calls": traj.network_calls, "max_residual": traj.max_residual, "seconds": seconds,
+             "tol": settings.tol, "max_iter": settings.max_iter}
+    inversion = Inversion(traj.x_T, z0, schedule, settings.method, prompt, settings.guidance, model.describe(),
+                          {**prepared.describe(), "invedit": __version__}, stats,
+                          {"input": prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)},
+                          settings.negative_prompt)
+    return inversion, warnings
+
+
+def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
+                 out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
+                 progress: Progress = _noop) -> InvertResult:
+    """Load a photo, invert it, and write `<out>/<stem>.inversion.safetensors` when `out` is given.
+
+    `max_side` defaults to the model's native resolution; 0 keeps the photo's own size.
+    """
+    prepared = load_image(image, model.multiple, model.native_size if max_side is None else max_side, fit)
+    inversion, warnings = invert_prepared(model, prepared, prompt, settings, progress)
+    path = save_inversion(Path(out) / f"{Path(image).stem}{SUFFIX}", inversion) if out is not None else None
+    return InvertResult(inversion, prepared, path, tuple(warnings))
+
+
+def _prepared_from(inversion: Inversion) -> Prepared:
+    """Rebuild the input geometry (and pixels) stored in an inversion file."""
+    info = inversion.image
+    pixels = inversion.extras["input"].float().sub(127.5).div(127.5) if "input" in inversion.extras else None
+    if pixels is None:
+        raise InversionFileError("the inversion file holds no input image to compare against")
+    return Prepared(pixels, info.get("source", "?"), tuple(info.get("original_size", pixels.shape[-1:-3:-1])),
+                    tuple(info.get("resized_size", pixels.shape[-1:-3:-1])),
+                    tuple(info.get("content_box", (0, 0, pixels.shape[-1], pixels.shape[-2]))),
+                    info.get("fit", "pad"), tuple(info.get("notes", ())))
+
+
+def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[str | os.PathLike] = None,
+                stem: Optional[str] = None, progress: Progress = _noop) -> ReconstructResult:
+    """Regenerate an inversion with its own schedule, prompt and guidance; measure and (optionally) write it."""
+    if not isinstance(inversion, Inversion):
+        stem = stem or Path(inversion).name.removesuffix(SUFFIX).removesuffix(".safetensors")
+        try:
+            inversion = load_inversion(inversion)
+        except InversionFileError as exc:
+            raise InveditError(str(exc)) from None
+    problems = mismatches(inversion, model.describe())
+    if problems:
+        raise InveditError("the inversion does not fit this model:\n  " + "\n  ".join(problems))
+    prepared = _prepared_from(inversion)
+    seconds: dict[str, float] = {}
+    with torch.no_grad():
+        with _timed(seconds, "sample", model.device):
+            eps_fn = _eps_fn(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
+            z_hat = sample(eps_fn, inversion.x_T.to(model.device), inversion.schedule,
+                           callback=lambda d, n: progress("reconstruct", d, n))
+        with _timed(seconds, "decode", model.device):
+            recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
+    report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
+    image = prepared.restore(recon)
+    paths = _write_outputs(out, stem or Path(prepared.source).stem, image, prepared, recon, vae, report)
+    return ReconstructResult(report, image, paths)
+
+
+def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err: float,
+            seconds: dict[str, float]) -> dict[str, Any]:
+    stats = inversion.stats
+    return {
+        "invedit": __version__,
+        "metrics": reconstruction_metrics(prepared.content(prepared.pixels)[0], prepared.content(vae)[0],
+                                          prepared.content(recon)[0]),
+        "latent_error": lat_err,
+        "inversion": {"method": inversion.method, "steps": inversion.schedule.steps, "guidance": inversion.guidance,
+                      "prompt": inversion.prompt, "negative_prompt": inversion.negative_prompt,
+                      "network_calls": stats.get("network_calls"), "max_residual": stats.get("max_residual", float("nan")),
+                      "tol": stats.get("tol"), "max_iter": stats.get("max_iter"),
+                      "timesteps": list(inversion.schedule.timesteps)},
+        "seconds": {**{f"invert.{k}": v for k, v in stats.get("seconds", {}).items()}, **seconds},
+        "image": prepared.describe(),
+        "model": model.describe(),
+    }
+
+
+def _write_outputs(out, stem: str, image, prepared: Prepared, recon, vae, report) -> dict[str, Path]:
+    if out is None:
+        return {}
+    out = Path(out)
+    compare = comparison_image(prepared.content(prepared.pixels)[0], prepared.content(vae)[0],
+                               prepared.content(recon)[0])
+    return {"reconstruction": save_image(out / f"{stem}.recon.png", image),
+            "comparison": save_image(out / f"{stem}.compare.png", compare),
+            "report": write_text(out / f"{stem}.report.json", json.dumps(jsonable(report), indent=2))}
+
+
+def roundtrip(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
+              out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
+              progress: Progress = _noop) -> ReconstructResult:
+    """Invert a photo and regenerate it: the inversion file, reconstruction, comparison and report."""
+    inverted = invert_image(model, image, prompt, settings, out, max_side, fit, progress)
+    result = reconstruct(model, inverted.inversion, out, Path(image).stem, progress)
+    return ReconstructResult(result.report, result.image,
+                             {**({"inversion": inverted.path} if inverted.path else {}), **result.paths},
+                             inverted.warnings + result.warnings)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    images: tuple[Any, ...]  # PIL images
+    latents: torch.Tensor  # (n, 4, h, w) the clean latents
+    settings: dict[str, Any]
+    paths: tuple[Path, ...] = ()
+
+
+def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, guidance: float = 5.0,
+             negative_prompt: str = "", eta: float = 0.0, size: Optional[int] = None,
+             out: Optional[str | os.PathLike] = None, progress: Progress = _noop) -> SampleResult:
+    """Plain DDIM generation from seeded noise (drawn on the CPU, so a seed gives the same noise everywhere)."""
+    size = size or model.native_size
+    if size % model.multiple:
+        raise InveditError(f"size {size} is not a multiple of {model.multiple}, which this model needs")
+    g = torch.Generator().manual_seed(seed)
+    f = model.vae_scale_factor
+    x_T = torch.randn(n, model.unet.config.in_channels, size // f, size // f, generator=g)
+    schedule = Schedule.create(model.noise, steps)
+    with torch.no_grad():
+        z = sample(_eps_fn(model, prompt, negative_prompt, guidance), x_T.to(model.device), schedule, eta=eta,
+                   generator=torch.Generator().manual_seed(seed + 1) if eta > 0 else None,
+                   callback=lambda d, k: progress("sample", d, k))
+        pixels = model.decode(z)
+    from PIL import Image
+
+    images = tuple(Image.fromarray(to_uint8(p)) for p in pixels)
+    settings = {"prompt": prompt, "negative_prompt": negative_prompt, "n": n, "seed": seed, "steps": steps,
+                "guidance": guidance, "eta": eta, "size": size, "model": model.describe(), "invedit": __version__}
+    paths: tuple[Path, ...] = ()
+    if out is not None:
+        paths = tuple(save_image(Path(out) / f"sample_{seed}_{i}.png", im) for i, im in enumerate(images))
+        write_text(Path(out) / f"sample_{seed}.json", json.dumps(jsonable(settings), indent=2))
+    return SampleResult(images, z.cpu(), settings, paths)
+
+
+__all__ = ["InveditError", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
+           "load", "check_image", "invert_image", "invert_prepared", "reconstruct", "roundtrip", "generate", "prepare"]

@@ -1,0 +1,275 @@
+"""The `invedit` command line: thin commands over `invedit.api`. The only place that prints or exits.
+
+torch and diffusers are imported inside the commands, so `invedit --help` answers at once.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+
+METHOD_CHOICES = ("ddim", "fixed-point")
+
+
+class Bars:
+    """Draws one click progress bar per stage from the library's progress callback (on stderr)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.stage, self.bar, self.done = enabled, None, None, 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage or done < self.done:
+            self.close()
+            self.stage, self.done = stage, 0
+            self.bar = click.progressbar(length=total, label=f"{stage:12s}", file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar, self.stage = None, None
+
+
+def friendly(command: Callable) -> Callable:
+    """Turn the library's input errors into messages with a non-zero exit, not tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .api import InveditError
+        from .io import ImageError
+        from .store import InversionFileError
+
+        try:
+            return command(*args, **kwargs)
+        except (InveditError, ImageError, InversionFileError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def model_options(f: Callable) -> Callable:
+    f = click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                     help="Network precision (the VAE and the latent arithmetic stay fp32).")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")(f)
+    f = click.option("--model-config", default=None,
+                     help="Diffusers folder or hub id with the configs of a single-file checkpoint.")(f)
+    f = click.option("--model", "-m", default=None,
+                     help="Diffusers folder, .safetensors/.ckpt file or hub id [default: the shipped shapes-64].")(f)
+    return f
+
+
+def inversion_options(f: Callable) -> Callable:
+    f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
+    f = click.option("--max-iter", type=click.IntRange(1), default=20, show_default=True,
+                     help="fixed-point: iterations per step at most.")(f)
+    f = click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True,
+                     help="fixed-point: relative residual of a step to stop at.")(f)
+    f = click.option("--guidance", "-g", type=float, default=1.0, show_default=True,
+                     help="Classifier-free guidance scale the inversion is made for and regenerates with.")(f)
+    f = click.option("--method", type=click.Choice(METHOD_CHOICES), default="fixed-point", show_default=True,
+                     help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly.")(f)
+    f = click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True,
+                     help="DDIM steps (the same schedule inverts and regenerates).")(f)
+    f = click.option("--prompt", "-p", default="", help="Text the image is inverted under.")(f)
+    return f
+
+
+def image_options(f: Callable) -> Callable:
+    f = click.option("--fit", type=click.Choice(["pad", "crop"]), default="pad", show_default=True,
+                     help="Reach the model's size multiple by reflection padding or a centre crop.")(f)
+    f = click.option("--max-side", type=click.IntRange(0), default=None,
+                     help="Downscale so the longer side is at most this [default: the model's native size; 0: none].")(f)
+    return f
+
+
+def output_options(f: Callable) -> Callable:
+    f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress stays on stderr).")(f)
+    f = click.option("--out", "-o", type=click.Path(file_okay=False), default="runs", show_default=True,
+                     help="Folder for the outputs.")(f)
+    return f
+
+
+def _settings(steps, method, guidance, tol, max_iter, negative_prompt):
+    from .api import InversionSettings
+
+    return InversionSettings(steps=steps, method=method, guidance=guidance, tol=tol, max_iter=max_iter,
+                             negative_prompt=negative_prompt)
+
+
+def _load(model, model_config, device, dtype):
+    from . import api
+
+    return api.load(model, device=device, dtype=dtype, model_config=model_config)
+
+
+def _show(report: dict, paths: dict, warnings, as_json: bool) -> None:
+    from .report import format_table, jsonable
+
+    for w in warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if as_json:
+        click.echo(json.dumps(jsonable({**report, "files": {k: str(v) for k, v in paths.items()}}), indent=2))
+        return
+    click.echo(format_table(report))
+    for kind, path in paths.items():
+        click.echo(f"{kind:>15s}: {path}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="invedit")
+def main() -> None:
+    """invedit: invert real photos into a diffusion model's noise, regenerate and edit them faithfully.
+
+    \b
+    Try it on the model that ships in the repository (no download):
+      invedit roundtrip assets/photos/astronaut.png --prompt "a photo" --out runs/astro
+    """
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@inversion_options
+@image_options
+@output_options
+@friendly
+def invert(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter,
+           negative_prompt, max_side, fit, out, as_json):
+    """Invert IMAGE to the noise x_T that regenerates it; writes OUT/<name>.inversion.safetensors.
+
+    \b
+    Example:
+      invedit invert assets/photos/coffee.png --prompt "a cup of coffee" --steps 50 --out runs/coffee
+    """
+    from . import api
+
+    api.check_image(image)  # a bad file fails before the model loads
+    m = _load(model, model_config, device, dtype)
+    bars = Bars()
+    result = api.invert_image(m, image, prompt, _settings(steps, method, guidance, tol, max_iter, negative_prompt),
+                              out, max_side, fit, bars)
+    stats = result.inversion.stats
+    for w in result.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    summary = {"inversion": str(result.path), "method": method, "steps": steps, "guidance": guidance,
+               "network_calls": stats["network_calls"], "max_residual": stats["max_residual"],
+               "seconds": stats["seconds"], "image": result.prepared.describe()}
+    if as_json:
+        from .report import jsonable
+
+        click.echo(json.dumps(jsonable(summary), indent=2))
+    else:
+        click.echo(f"inverted {image} with {method} in {stats['network_calls']} network calls "
+                   f"({sum(stats['seconds'].values()):.1f}s); largest step residual {stats['max_residual']:.2e}")
+        click.echo(f"      inversion: {result.path}")
+
+
+@main.command()
+@click.argument("inversion", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@output_options
+@friendly
+def reconstruct(inversion, model, model_config, device, dtype, out, as_json):
+    """Regenerate the image of an INVERSION file and report how faithful it is.
+
+    The model must be the one the inversion was made with (checked by a weight fingerprint).
+
+    \b
+    Example:
+      invedit reconstruct runs/coffee/coffee.inversion.safetensors --out runs/coffee
+    """
+    from . import api
+
+    m = _load(model, model_config, device, dtype)
+    result = api.reconstruct(m, inversion, out, progress=Bars())
+    _show(result.report, result.paths, result.warnings, as_json)
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@inversion_options
+@image_options
+@output_options
+@friendly
+def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter,
+              negative_prompt, max_side, fit, out, as_json):
+    """Invert IMAGE and regenerate it: inversion file, reconstruction, side-by-side picture and report.
+
+    \b
+    Example (plain DDIM against the exact fixed-point inverse):
+      invedit roundtrip assets/photos/astronaut.png --method ddim --out runs/plain
+      invedit roundtrip assets/photos/astronaut.png --method fixed-point --out runs/exact
+    """
+    from . import api
+
+    api.check_image(image)
+    m = _load(model, model_config, device, dtype)
+    result = api.roundtrip(m, image, prompt, _settings(steps, method, guidance, tol, max_iter, negative_prompt),
+                           out, max_side, fit, Bars())
+    _show(result.report, result.paths, result.warnings, as_json)
+
+
+@main.command()
+@model_options
+@click.option("--prompt", "-p", required=True, help="What to draw.")
+@click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")
+@click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True, help="Images to draw.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting noise.")
+@click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps.")
+@click.option("--guidance", "-g", type=float, default=5.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="DDIM η: 0 is deterministic; 1 is DDPM-like (seeded).")
+@click.option("--size", type=click.IntRange(8), default=None, help="Image side [default: the model's native size].")
+@output_options
+@friendly
+def sample(model, model_config, device, dtype, prompt, negative_prompt, count, seed, steps, guidance, eta, size,
+           out, as_json):
+    """Generate images from seeded noise with plain DDIM (no input photo).
+
+    \b
+    Example:
+      invedit sample --prompt "a red circle on a blue background" --count 4 --seed 0 --out runs/samples
+    """
+    from . import api
+    from .report import jsonable
+
+    m = _load(model, model_config, device, dtype)
+    result = api.generate(m, prompt, n=count, seed=seed, steps=steps, guidance=guidance,
+                          negative_prompt=negative_prompt, eta=eta, size=size, out=out, progress=Bars())
+    if as_json:
+        click.echo(json.dumps(jsonable({**result.settings, "files": [str(p) for p in result.paths]}), indent=2))
+    else:
+        for p in result.paths:
+            click.echo(str(p))
+
+
+@main.command()
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@friendly
+def info(model, model_config, device, dtype, as_json):
+    """Describe a model: kind, device, dtype, prediction type, schedule, sizes and library versions.
+
+    \b
+    Example:
+      invedit info --model assets/models/shapes-64
+    """
+    m = _load(model, model_config, device, dtype)
+    described = m.describe()
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for key, value in described.items():
+        click.echo(f"{key:>17s}: {value}")

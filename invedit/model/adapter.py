@@ -1,0 +1,192 @@
+"""The model adapter: loads a Stable Diffusion model and reduces it to what the math needs.
+
+`Model.eps(x, t, cond)` is ε whatever the network predicts (ε, v or x_0), in float32; the VAE gives
+latents as posterior mean × scaling factor; the noise schedule is read from the model's own scheduler
+config. This package is the only place in invedit that imports diffusers and transformers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..ddim import to_epsilon
+from ..schedule import NoiseConfig, alphas_cumprod
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class ModelLoadError(ValueError):
+    """The model argument could not be turned into a loaded model; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the user gave
+    kind: str  # "folder" | "single-file" | "hub"
+    location: str  # resolved folder or file path, or the hub id
+
+
+def resolve_source(spec: str | os.PathLike) -> ModelSource:
+    """Say what a --model argument is, before diffusers guesses (PITFALLS: a missing path is not a hub id).
+
+    An existing folder with model_index.json → a diffusers folder; an existing .safetensors/.ckpt → a
+    single file; something that looks like a path but does not exist → an error; else a hub id.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"model folder {text!r} has no model_index.json: it is not a diffusers pipeline folder")
+        return ModelSource(text, "folder", str(path.resolve()))
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(f"model file {text!r} is not a .safetensors or .ckpt checkpoint")
+        return ModelSource(text, "single-file", str(path.resolve()))
+    # a hub id is "name" or "owner/name"; anything else that does not exist is a wrong path
+    looks_like_path = (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+                       or path.suffix.lower() in SINGLE_FILE_SUFFIXES)
+    if looks_like_path or not text:
+        raise ModelLoadError(f"model path {text!r} does not exist (give a diffusers folder, a .safetensors file, "
+                             "or a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5')")
+    return ModelSource(text, "hub", text)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ModelLoadError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but PyTorch sees no CUDA device")
+    return torch.device(device)
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _load_pipeline(source: ModelSource, config: Optional[str]):
+    from diffusers import StableDiffusionPipeline
+
+    common = dict(safety_checker=None, requires_safety_checker=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if source.kind == "single-file":
+                extra = {"config": config} if config else {}
+                return StableDiffusionPipeline.from_single_file(source.location, **extra, **common)
+            return StableDiffusionPipeline.from_pretrained(source.location, **common)
+    except (OSError, ValueError, EnvironmentError) as exc:  # hub errors are OSError subclasses
+        hint = ""
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower():
+            hint = " (offline: only local folders and single files with a local config folder can load)"
+        if source.kind == "single-file" and not config:
+            hint += "; a single-file checkpoint needs its diffusers config: pass model_config / --model-config"
+        raise ModelLoadError(f"could not load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
+
+
+class Model:
+    """A loaded Stable Diffusion model, reduced to eps / encode_text / encode_image / decode."""
+
+    def __init__(self, pipe, source: ModelSource, device: torch.device, dtype: torch.dtype):
+        self.source, self.device, self.dtype = source, device, dtype
+        self.vae_dtype = torch.float32  # the SD VAEs overflow in fp16; the VAE is cheap next to the UNet loop
+        self.unet = pipe.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.text_encoder = pipe.text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.vae = pipe.vae.to(device=device, dtype=self.vae_dtype).eval().requires_grad_(False)
+        self.tokenizer = pipe.tokenizer
+        self.noise = NoiseConfig.from_scheduler_config(dict(pipe.scheduler.config))
+        self.alphas_cumprod = alphas_cumprod(self.noise)  # (T,) float64
+        self.prediction_type = self.noise.prediction_type
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        sample_size = self.unet.config.sample_size
+        self.native_size = (sample_size if isinstance(sample_size, int) else max(sample_size)) * self.vae_scale_factor
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """A short hash of the configs and a slice of the weights: tells models apart even under one name."""
+        h = hashlib.sha256()
+        for cfg in (self.unet.config, self.vae.config, self.noise.to_dict()):
+            h.update(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
+        for module in (self.unet, self.vae, self.text_encoder):
+            first = next(module.parameters()).detach().flatten()[:4096].float().cpu()
+            h.update(first.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # --- the four things the rest of invedit uses -------------------------------------------------
+    def eps(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """ε(x, t | cond) in float32 for latents x (B, 4, h, w) and text embeddings cond (B, L, D)."""
+        timestep = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        out = self.unet(x.to(self.device, self.dtype), timestep, encoder_hidden_states=cond.to(self.device, self.dtype),
+                        return_dict=False)[0]
+        return to_epsilon(out.float(), x.float(), float(self.alphas_cumprod[int(t)]), self.prediction_type)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings (B, 77, D) as Stable Diffusion conditions on them (last hidden state)."""
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.device), return_dict=False)[0].float()
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt).input_ids)
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [-1, 1] → z_0 (B, 4, H/f, W/f): VAE posterior mean × scaling factor."""
+        posterior = self.vae.encode(pixels.to(self.device, self.vae_dtype)).latent_dist
+        return posterior.mean.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, 4, h, w) → pixels (B, 3, H, W) in [-1, 1], float32 on the CPU."""
+        pixels = self.vae.decode(z.to(self.device, self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
+        return pixels.float().clamp(-1, 1).cpu()
+
+    def describe(self) -> dict:
+        import diffusers
+        import transformers
+
+        return {"model": self.source.spec, "model_kind": self.source.kind, "model_location": self.source.location,
+                "fingerprint": self.fingerprint, "device": str(self.device), "dtype": str(self.dtype).split(".")[-1],
+                "vae_dtype": str(self.vae_dtype).split(".")[-1], "prediction_type": self.prediction_type,
+                "vae_scale_factor": self.vae_scale_factor, "size_multiple": self.multiple,
+                "native_size": self.native_size, "noise": self.noise.to_dict(),
+                "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+                "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                             "transformers": transformers.__version__}}
+
+
+def load_model(spec: str | os.PathLike, *, device: str = "auto", dtype: str = "fp32",
+               config: Optional[str] = None) -> Model:
+    """Load a Stable Diffusion model from a hub id, a diffusers folder or a single checkpoint file."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    source = resolve_source(spec)
+    dev = pick_device(device)
+    if dev.type == "cpu" and dtype == "fp16":
+        raise ModelLoadError("fp16 on the CPU is slow and unsupported for some layers: use fp32 or bf16 there")
+    _quiet_libraries()
+    return Model(_load_pipeline(source, config), source, dev, DTYPES[dtype])

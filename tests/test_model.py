@@ -1,0 +1,162 @@
+"""The model adapter and the inversion pipeline end to end on a tiny random SD-shaped model."""
+import math
+
+import pytest
+import torch
+
+from invedit import api
+from invedit.ddim import sample
+from invedit.guidance import guided
+from invedit.invert import FixedPointOptions, invert
+from invedit.io import load_image
+from invedit.model import ModelLoadError, load_model, resolve_source
+from invedit.model.build import save_tiny_pipeline
+from invedit.schedule import Schedule
+from invedit.store import load_inversion
+
+
+def test_loads_through_the_adapter(tiny_model):
+    info = tiny_model.describe()
+    assert info["model_kind"] == "folder" and info["prediction_type"] == "epsilon"
+    assert tiny_model.vae_scale_factor == 2 and tiny_model.multiple == 4 and tiny_model.native_size == 32
+    assert info["noise"]["beta_schedule"] == "scaled_linear" and len(info["fingerprint"]) == 16
+    cond = tiny_model.encode_text(["a red circle", ""])
+    assert cond.shape == (2, 77, 32)
+    assert not torch.allclose(cond[0], cond[1])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("./no/such/folder", "does not exist"), ("/abs/missing", "does not exist"), ("weights.safetensors", "does not exist"),
+    ("a/b/c", "does not exist"),
+])
+def test_missing_paths_are_not_taken_for_hub_ids(spec, message):
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_source(spec)
+
+
+def test_hub_ids_and_folders_resolve(tmp_path, tiny_model_dir):
+    assert resolve_source("owner/name").kind == "hub"
+    assert resolve_source(str(tiny_model_dir)).kind == "folder"
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        resolve_source(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="not a .safetensors"):
+        resolve_source(str(tmp_path / "notes.txt"))
+
+
+def test_hub_id_offline_fails_with_a_clear_message():
+    with pytest.raises(ModelLoadError, match="could not load model 'someone/not-cached'"):
+        load_model("someone/not-cached", device="cpu")
+
+
+def test_bad_device_and_dtype_are_named():
+    with pytest.raises(ModelLoadError, match="dtype 'fp8'"):
+        load_model("x", dtype="fp8")
+    with pytest.raises(ModelLoadError, match="device 'tpu'"):
+        load_model("x", device="tpu")
+
+
+def test_v_prediction_is_converted_to_epsilon(tmp_path):
+    model = api.load(str(save_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction")), device="cpu")
+    assert model.prediction_type == "v_prediction"
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = model.encode_text(["a cat"])
+    t = 501
+    with torch.no_grad():
+        v = model.unet(x, torch.tensor([t]), encoder_hidden_states=cond).sample
+        eps = model.eps(x, t, cond)
+    a = float(model.alphas_cumprod[t])
+    torch.testing.assert_close(eps, math.sqrt(a) * v + math.sqrt(1 - a) * x)  # Salimans & Ho 2022, §4
+
+
+def test_encode_decode_shapes(tiny_model, photo):
+    prepared = load_image(photo, tiny_model.multiple, max_side=0)
+    assert prepared.pixels.shape == (1, 3, 28, 40)
+    z0 = tiny_model.encode_image(prepared.pixels)
+    assert z0.shape == (1, 4, 14, 20) and z0.dtype == torch.float32
+    assert tiny_model.decode(z0).shape == (1, 3, 28, 40)
+
+
+def _latent_round_trip(model, z0, method, guidance=1.0, steps=50):
+    cond, uncond = model.encode_text(["a photo of a cat"]), model.encode_text([""])
+    eps_fn = guided(model.eps, cond, uncond, guidance)
+    schedule = Schedule.create(model.noise, steps)
+    with torch.no_grad():
+        traj = invert(eps_fn, z0, schedule, method, FixedPointOptions(tol=1e-6, max_iter=20))
+        z_hat = sample(eps_fn, traj.x_T, schedule)
+    return float((z_hat - z0).norm() / z0.norm()), traj
+
+
+def test_fixed_point_beats_plain_ddim_20x_on_the_tiny_random_model(tiny_model, photo):
+    z0 = tiny_model.encode_image(load_image(photo, tiny_model.multiple).pixels)
+    plain, _ = _latent_round_trip(tiny_model, z0, "ddim")
+    exact, traj = _latent_round_trip(tiny_model, z0, "fixed-point")
+    assert exact * 20 <= plain, (plain, exact)
+    assert len(traj.residuals) == 50 and traj.network_calls > 50
+
+
+def test_fixed_point_is_better_under_guidance_too(tiny_model, photo):
+    z0 = tiny_model.encode_image(load_image(photo, tiny_model.multiple).pixels)
+    plain, _ = _latent_round_trip(tiny_model, z0, "ddim", guidance=3.0, steps=20)
+    exact, _ = _latent_round_trip(tiny_model, z0, "fixed-point", guidance=3.0, steps=20)
+    assert exact * 5 <= plain, (plain, exact)
+
+
+def test_inversion_file_round_trips_and_replays_exactly(tiny_model, photo, tmp_path):
+    settings = api.InversionSettings(steps=10, method="fixed-point")
+    result = api.invert_image(tiny_model, photo, "a cat", settings, out=tmp_path)
+    assert result.path.name == "astro.inversion.safetensors"
+    loaded = load_inversion(result.path)
+    assert torch.equal(loaded.x_T, result.inversion.x_T) and loaded.schedule == result.inversion.schedule
+    assert loaded.prompt == "a cat" and loaded.method == "fixed-point" and loaded.image["original_size"] == [40, 28]
+    from_file = api.reconstruct(tiny_model, result.path)
+    from_memory = api.reconstruct(tiny_model, result.inversion)
+    assert from_file.report["metrics"] == from_memory.report["metrics"]
+    assert from_file.image.size == (40, 28)
+
+
+def test_every_method_is_bit_identical_on_repeat(tiny_model, photo):
+    for method in ("ddim", "fixed-point"):
+        settings = api.InversionSettings(steps=8, method=method, guidance=2.0)
+        a = api.invert_image(tiny_model, photo, "a cat", settings).inversion.x_T
+        b = api.invert_image(tiny_model, photo, "a cat", settings).inversion.x_T
+        assert torch.equal(a, b)
+
+
+def test_a_different_model_is_refused_with_what_differs(tiny_model, photo, tmp_path):
+    inv = api.invert_image(tiny_model, photo, "", api.InversionSettings(steps=5, method="ddim")).inversion
+    other = api.load(str(save_tiny_pipeline(tmp_path / "other", seed=1, prediction_type="v_prediction")), device="cpu")
+    with pytest.raises(api.InveditError, match="fingerprint") as err:
+        api.reconstruct(other, inv)
+    assert "prediction_type" in str(err.value)
+
+
+def test_report_has_the_three_comparisons_and_the_settings(tiny_model, photo, tmp_path):
+    result = api.roundtrip(tiny_model, photo, "a cat", api.InversionSettings(steps=6, method="ddim"), out=tmp_path)
+    r = result.report
+    for key in ("reconstruction_vs_input", "vae_vs_input", "reconstruction_vs_vae"):
+        assert set(r["metrics"][key]) == {"psnr", "ssim", "mse"}
+    assert r["inversion"]["method"] == "ddim" and r["inversion"]["network_calls"] == 6
+    assert r["model"]["versions"]["torch"] == torch.__version__
+    assert {"invert.invert", "sample", "decode"} <= set(r["seconds"])
+    assert {p.name for p in tmp_path.iterdir()} == {"astro.inversion.safetensors", "astro.recon.png",
+                                                    "astro.compare.png", "astro.report.json"}
+    assert r["latent_error"] > 0
+
+
+def test_plain_inversion_with_fixed_eps_model_is_exact(tiny_model):
+    """A network whose ε does not depend on x makes plain DDIM inversion exact: a check of the wiring."""
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    schedule = Schedule.create(tiny_model.noise, 25)
+    const = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    eps_fn = lambda x, t: const * (t / 1000)  # noqa: E731
+    traj = invert(eps_fn, z0, schedule, "ddim")
+    torch.testing.assert_close(sample(eps_fn, traj.x_T, schedule), z0, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_is_seeded(tiny_model):
+    a = api.generate(tiny_model, "a cat", seed=3, steps=5, guidance=3.0)
+    b = api.generate(tiny_model, "a cat", seed=3, steps=5, guidance=3.0)
+    c = api.generate(tiny_model, "a cat", seed=4, steps=5, guidance=3.0)
+    assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, c.latents)
+    assert a.images[0].size == (32, 32)
