@@ -45,11 +45,15 @@ class Prepared:
         return pixels[..., top:bottom, left:right]
 
     def restore(self, pixels: torch.Tensor) -> Image.Image:
-        """A (1, 3, H, W) output in [-1, 1] cropped to the content and resized to the input's size."""
+        """A (1, 3, H, W) output in [-1, 1] without padding, at the input's scale.
+
+        Padded inputs come back at the input's exact size; cropped ones as the kept region, scaled back
+        by whatever the max-side limit took off.
+        """
         image = Image.fromarray(to_uint8(self.content(pixels)[0]))
-        if self.fit == "pad" and image.size != self.original_size:
-            image = image.resize(self.original_size, Image.Resampling.LANCZOS)
-        return image
+        scale = self.original_size[0] / self.resized_size[0]
+        size = self.original_size if self.fit == "pad" else (round(image.size[0] * scale), round(image.size[1] * scale))
+        return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
     def describe(self) -> dict:
         return {"source": self.source, "original_size": list(self.original_size),
@@ -97,7 +101,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[I
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}×{h} = {w * h / 1e6:.3g} megapixels is above the limit of "
                                  f"{max_pixels / 1e6:.3g} MP (raise max_pixels / --max-pixels if you mean it)")
-            if getattr(im, "n_frames", 1) > 1:
+            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a phone JPEG with a preview
                 notes.append(f"animated {im.format}: first of {im.n_frames} frames used")
             im.load()  # a truncated file only fails here (PITFALLS)
             oriented = ImageOps.exif_transpose(im)
