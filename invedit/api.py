@@ -17,8 +17,9 @@ import torch
 
 from . import __version__
 from .ddim import sample
-from .guidance import guided
-from .invert import METHODS, FixedPointOptions, invert
+from .invert import FixedPointOptions
+from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, invert_with, regenerate
+from .nulltext import NullTextOptions
 from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
 from .schedule import Schedule
@@ -35,18 +36,30 @@ class InveditError(ValueError):
 @dataclass(frozen=True)
 class InversionSettings:
     steps: int = 50  # DDIM steps; the same Schedule is used to regenerate
-    method: str = "fixed-point"  # "ddim" (plain) or "fixed-point" (exact inverse of each sampling step)
+    method: str = "fixed-point"  # one of methods.METHODS; see the table in methods.py
     guidance: float = 1.0  # classifier-free guidance scale the inversion is made for
     tol: float = 1e-6  # fixed-point: relative residual to stop at
     max_iter: int = 20  # fixed-point: iterations per step at most
     negative_prompt: str = ""  # the unconditional prompt of guidance
+    pivot: str = "ddim"  # negative-prompt / null-text / direct: how the w = 1 pivot is inverted
+    null_text_steps: int = 10  # null-text: Adam steps per DDIM step at most
+    edict_mix: float = 0.93  # edict: mixing weight p
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InveditError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.steps < 1:
             raise InveditError(f"steps must be at least 1, got {self.steps}")
-        FixedPointOptions(self.tol, self.max_iter)
+        if self.pivot not in PIVOTS:
+            raise InveditError(f"pivot {self.pivot!r} is not one of {', '.join(PIVOTS)}")
+        try:
+            self.options()
+        except ValueError as exc:
+            raise InveditError(str(exc)) from None
+
+    def options(self) -> MethodOptions:
+        return MethodOptions(FixedPointOptions(self.tol, self.max_iter), self.pivot,
+                             NullTextOptions(inner_steps=self.null_text_steps), self.edict_mix)
 
 
 @dataclass(frozen=True)
@@ -95,10 +108,9 @@ def _timed(seconds: dict[str, float], stage: str, device: torch.device) -> Itera
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _eps_fn(model, prompt: str, negative_prompt: str, guidance: float):
-    cond = model.encode_text([prompt])
-    uncond = model.encode_text([negative_prompt]) if guidance != 1.0 else None
-    return guided(model.eps, cond, uncond, guidance)
+def _conditioning(model, prompt: str, negative_prompt: str, guidance: float) -> Conditioning:
+    cond, uncond = model.encode_text([prompt, negative_prompt]).chunk(2)  # (1, L, D) each
+    return Conditioning(model.eps, cond, uncond, guidance)
 
 
 def _prompt_warnings(model, prompt: str) -> list[str]:
@@ -119,23 +131,28 @@ def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: Inver
     with torch.no_grad():
         with _timed(seconds, "encode", model.device):
             z0 = model.encode_image(prepared.pixels)  # (1, 4, H/f, W/f)
-            eps_fn = _eps_fn(model, prompt, settings.negative_prompt, settings.guidance)
+            c = _conditioning(model, prompt, settings.negative_prompt, settings.guidance)
         with _timed(seconds, "invert", model.device):
-            traj = invert(eps_fn, z0, schedule, settings.method, FixedPointOptions(settings.tol, settings.max_iter),
-                          callback=lambda d, n: progress("invert", d, n))
-    warnings = _prompt_warnings(model, prompt)
-    if settings.method == "fixed-point" and traj.max_residual > settings.tol:
-        bad = sum(r > settings.tol for r in traj.residuals)
-        warnings.append(f"fixed-point iteration did not reach tol {settings.tol:g} on {bad} of {schedule.steps} steps "
-                        f"(largest residual {traj.max_residual:.2e}); raise --max-iter or --steps for a closer inverse")
-    stats = {"residuals": list(traj.residuals), "iterations": list(traj.iterations),
-             "network_calls": traj.network_calls, "max_residual": traj.max_residual, "seconds": seconds,
-             "tol": settings.tol, "max_iter": settings.max_iter}
-    inversion = Inversion(traj.x_T, z0, schedule, settings.method, prompt, settings.guidance, model.describe(),
-                          {**prepared.describe(), "invedit": __version__}, stats,
-                          {"input": prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)},
-                          settings.negative_prompt)
+            result = invert_with(settings.method, c, z0, schedule, settings.options(), progress)
+    warnings = _prompt_warnings(model, prompt) + _convergence_warnings(settings, result.residuals)
+    finite = [r for r in result.residuals if r == r]
+    stats = {"residuals": list(result.residuals), "network_calls": result.network_calls,
+             "max_residual": max(finite) if finite else float("nan"), "seconds": seconds,
+             "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+    extras = {**result.extras, "input": prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)}
+    inversion = Inversion(result.x_T, z0, schedule, settings.method, prompt, settings.guidance, model.describe(),
+                          {**prepared.describe(), "invedit": __version__}, stats, extras, settings.negative_prompt)
     return inversion, warnings
+
+
+def _convergence_warnings(settings: InversionSettings, residuals) -> list[str]:
+    uses_fixed_point = settings.method == "fixed-point" or (
+        settings.pivot == "fixed-point" and settings.method in ("negative-prompt", "direct"))
+    bad = [r for r in residuals if r > settings.tol]
+    if not uses_fixed_point or not bad:
+        return []
+    return [f"fixed-point iteration did not reach tol {settings.tol:g} on {len(bad)} of {len(residuals)} steps "
+            f"(largest residual {max(bad):.2e}); raise --max-iter or --steps for a closer inverse"]
 
 
 def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
@@ -149,6 +166,11 @@ def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: In
     inversion, warnings = invert_prepared(model, prepared, prompt, settings, progress)
     path = save_inversion(Path(out) / f"{Path(image).stem}{SUFFIX}", inversion) if out is not None else None
     return InvertResult(inversion, prepared, path, tuple(warnings))
+
+
+def _replay_options(inversion: Inversion) -> MethodOptions:
+    saved = inversion.stats.get("settings", {})
+    return MethodOptions(edict_mix=float(saved.get("edict_mix", 0.93)))
 
 
 def _prepared_from(inversion: Inversion) -> Prepared:
@@ -179,9 +201,10 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     seconds: dict[str, float] = {}
     with torch.no_grad():
         with _timed(seconds, "sample", model.device):
-            eps_fn = _eps_fn(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
-            z_hat = sample(eps_fn, inversion.x_T.to(model.device), inversion.schedule,
-                           callback=lambda d, n: progress("reconstruct", d, n))
+            c = _conditioning(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
+            extras = {k: v.to(model.device) for k, v in inversion.extras.items() if k != "input"}
+            z_hat = regenerate(inversion.method, c, inversion.x_T.to(model.device), extras, inversion.schedule,
+                               _replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
         with _timed(seconds, "decode", model.device):
             recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
     report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
@@ -200,9 +223,9 @@ def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err
         "latent_error": lat_err,
         "inversion": {"method": inversion.method, "steps": inversion.schedule.steps, "guidance": inversion.guidance,
                       "prompt": inversion.prompt, "negative_prompt": inversion.negative_prompt,
-                      "network_calls": stats.get("network_calls"), "max_residual": stats.get("max_residual", float("nan")),
-                      "tol": stats.get("tol"), "max_iter": stats.get("max_iter"),
-                      "timesteps": list(inversion.schedule.timesteps)},
+                      "network_calls": stats.get("network_calls"),
+                      "max_residual": stats.get("max_residual", float("nan")),
+                      "settings": stats.get("settings", {}), "timesteps": list(inversion.schedule.timesteps)},
         "seconds": {**{f"invert.{k}": v for k, v in stats.get("seconds", {}).items()}, **seconds},
         "image": prepared.describe(),
         "model": model.describe(),
@@ -251,7 +274,8 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
     x_T = torch.randn(n, model.unet.config.in_channels, size // f, size // f, generator=g)
     schedule = Schedule.create(model.noise, steps)
     with torch.no_grad():
-        z = sample(_eps_fn(model, prompt, negative_prompt, guidance), x_T.to(model.device), schedule, eta=eta,
+        z = sample(_conditioning(model, prompt, negative_prompt, guidance).eps_fn(), x_T.to(model.device), schedule,
+                   eta=eta,
                    generator=torch.Generator().manual_seed(seed + 1) if eta > 0 else None,
                    callback=lambda d, k: progress("sample", d, k))
         pixels = model.decode(z)

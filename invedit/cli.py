@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 
-METHOD_CHOICES = ("ddim", "fixed-point")
+METHOD_CHOICES = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct", "edict")  # = methods.METHODS
 
 
 class Bars:
@@ -71,6 +71,10 @@ def model_options(f: Callable) -> Callable:
 
 def inversion_options(f: Callable) -> Callable:
     f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
+    f = click.option("--null-text-steps", type=click.IntRange(0), default=10, show_default=True,
+                     help="null-text: optimisation steps per DDIM step at most.")(f)
+    f = click.option("--pivot", type=click.Choice(["ddim", "fixed-point"]), default="ddim", show_default=True,
+                     help="negative-prompt, null-text, direct: how the guidance-1 pivot trajectory is inverted.")(f)
     f = click.option("--max-iter", type=click.IntRange(1), default=20, show_default=True,
                      help="fixed-point: iterations per step at most.")(f)
     f = click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True,
@@ -78,7 +82,8 @@ def inversion_options(f: Callable) -> Callable:
     f = click.option("--guidance", "-g", type=float, default=1.0, show_default=True,
                      help="Classifier-free guidance scale the inversion is made for and regenerates with.")(f)
     f = click.option("--method", type=click.Choice(METHOD_CHOICES), default="fixed-point", show_default=True,
-                     help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly.")(f)
+                     help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly; "
+                          "negative-prompt, null-text, direct, edict: faithful under guidance (see README).")(f)
     f = click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True,
                      help="DDIM steps (the same schedule inverts and regenerates).")(f)
     f = click.option("--prompt", "-p", default="", help="Text the image is inverted under.")(f)
@@ -100,11 +105,11 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
-def _settings(steps, method, guidance, tol, max_iter, negative_prompt):
+def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt):
     from .api import InversionSettings
 
     return InversionSettings(steps=steps, method=method, guidance=guidance, tol=tol, max_iter=max_iter,
-                             negative_prompt=negative_prompt)
+                             negative_prompt=negative_prompt, pivot=pivot, null_text_steps=null_text_steps)
 
 
 def _load(model, model_config, device, dtype):
@@ -144,8 +149,8 @@ def main() -> None:
 @image_options
 @output_options
 @friendly
-def invert(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter,
-           negative_prompt, max_side, fit, out, as_json):
+def invert(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
+           null_text_steps, negative_prompt, max_side, fit, out, as_json):
     """Invert IMAGE to the noise x_T that regenerates it; writes OUT/<name>.inversion.safetensors.
 
     \b
@@ -157,8 +162,8 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
     api.check_image(image)  # a bad file fails before the model loads
     m = _load(model, model_config, device, dtype)
     bars = Bars()
-    result = api.invert_image(m, image, prompt, _settings(steps, method, guidance, tol, max_iter, negative_prompt),
-                              out, max_side, fit, bars)
+    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt)
+    result = api.invert_image(m, image, prompt, settings, out, max_side, fit, bars)
     stats = result.inversion.stats
     for w in result.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
@@ -203,8 +208,8 @@ def reconstruct(inversion, model, model_config, device, dtype, out, as_json):
 @image_options
 @output_options
 @friendly
-def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter,
-              negative_prompt, max_side, fit, out, as_json):
+def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
+              null_text_steps, negative_prompt, max_side, fit, out, as_json):
     """Invert IMAGE and regenerate it: inversion file, reconstruction, side-by-side picture and report.
 
     \b
@@ -216,8 +221,8 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
 
     api.check_image(image)
     m = _load(model, model_config, device, dtype)
-    result = api.roundtrip(m, image, prompt, _settings(steps, method, guidance, tol, max_iter, negative_prompt),
-                           out, max_side, fit, Bars())
+    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt)
+    result = api.roundtrip(m, image, prompt, settings, out, max_side, fit, Bars())
     _show(result.report, result.paths, result.warnings, as_json)
 
 

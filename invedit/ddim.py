@@ -14,7 +14,7 @@ The same line serves sampling (ᾱ grows) and inversion (ᾱ shrinks); the ends 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -68,10 +68,11 @@ def latent_dtype(x: torch.Tensor) -> torch.dtype:
 
 def sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: Schedule, *, eta: float = 0.0,
            generator: Optional[torch.Generator] = None, start: int = 0,
-           callback: Optional[StepCallback] = None) -> torch.Tensor:
+           callback: Optional[StepCallback] = None, offsets: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Run the schedule forwards from level `start` (x_T at level 0) to the clean end.
 
     η = 0 is deterministic DDIM; η > 0 needs an explicit `generator` so a run can be repeated.
+    `offsets[i]`, when given, is added after step i (direct inversion's recorded corrections).
     """
     if eta > 0 and generator is None:
         raise ValueError("stochastic sampling (eta > 0) needs an explicit torch.Generator")
@@ -83,6 +84,8 @@ def sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: Schedule, *, eta: float =
             x = stochastic_step(x, eps, alpha_from, alpha_to, eta, generator)
         else:
             x = ddim_step(x, eps, alpha_from, alpha_to)
+        if offsets is not None:
+            x = x + offsets[i].to(x.device, x.dtype)
         if callback is not None:
             callback(i + 1 - start, schedule.steps - start)
     return x

@@ -128,3 +128,10 @@ def test_reconstruct_with_another_model_says_what_differs(run, tiny_model_dir, p
                  "--out", tmp_path / "out")
     assert result.exit_code == 1 and "fingerprint" in result.output
     assert _no_outputs(tmp_path / "out")
+
+
+def test_cli_method_choices_match_the_library():
+    from invedit.cli import METHOD_CHOICES
+    from invedit.methods import METHODS
+
+    assert METHOD_CHOICES == METHODS

@@ -115,7 +115,8 @@ class Model:
         self.text_encoder = pipe.text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.vae = pipe.vae.to(device=device, dtype=self.vae_dtype).eval().requires_grad_(False)
         self.tokenizer = pipe.tokenizer
-        self.noise = NoiseConfig.from_scheduler_config(dict(pipe.scheduler.config))
+        self.scheduler_config = dict(pipe.scheduler.config)  # for reference loops and benchmarks
+        self.noise = NoiseConfig.from_scheduler_config(self.scheduler_config)
         self.alphas_cumprod = alphas_cumprod(self.noise)  # (T,) float64
         self.prediction_type = self.noise.prediction_type
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
