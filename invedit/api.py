@@ -43,6 +43,7 @@ class InversionSettings:
     negative_prompt: str = ""  # the unconditional prompt of guidance
     pivot: str = "ddim"  # negative-prompt / null-text / direct: how the w = 1 pivot is inverted
     null_text_steps: int = 10  # null-text: Adam steps per DDIM step at most
+    null_text_lr: float = 1e-2  # null-text: Adam learning rate (the paper's, for SD; the shipped model wants 0.1)
     edict_mix: float = 0.93  # edict: mixing weight p
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class InversionSettings:
 
     def options(self) -> MethodOptions:
         return MethodOptions(FixedPointOptions(self.tol, self.max_iter), self.pivot,
-                             NullTextOptions(inner_steps=self.null_text_steps), self.edict_mix)
+                             NullTextOptions(inner_steps=self.null_text_steps, lr=self.null_text_lr), self.edict_mix)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def inversion_options(f: Callable) -> Callable:
     f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
     f = click.option("--null-text-steps", type=click.IntRange(0), default=10, show_default=True,
                      help="null-text: optimisation steps per DDIM step at most.")(f)
+    f = click.option("--null-text-lr", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
+                     help="null-text: Adam learning rate (0.1 suits the shipped shapes model).")(f)
     f = click.option("--pivot", type=click.Choice(["ddim", "fixed-point"]), default="ddim", show_default=True,
                      help="negative-prompt, null-text, direct: how the guidance-1 pivot trajectory is inverted.")(f)
     f = click.option("--max-iter", type=click.IntRange(1), default=20, show_default=True,
@@ -105,11 +107,12 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
-def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt):
+def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps, negative_prompt):
     from .api import InversionSettings
 
     return InversionSettings(steps=steps, method=method, guidance=guidance, tol=tol, max_iter=max_iter,
-                             negative_prompt=negative_prompt, pivot=pivot, null_text_steps=null_text_steps)
+                             negative_prompt=negative_prompt, pivot=pivot, null_text_steps=null_text_steps,
+                             null_text_lr=null_text_lr)
 
 
 def _load(model, model_config, device, dtype):
@@ -150,7 +153,7 @@ def main() -> None:
 @output_options
 @friendly
 def invert(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
-           null_text_steps, negative_prompt, max_side, fit, out, as_json):
+           null_text_lr, null_text_steps, negative_prompt, max_side, fit, out, as_json):
     """Invert IMAGE to the noise x_T that regenerates it; writes OUT/<name>.inversion.safetensors.
 
     \b
@@ -162,7 +165,8 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
     api.check_image(image)  # a bad file fails before the model loads
     m = _load(model, model_config, device, dtype)
     bars = Bars()
-    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt)
+    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
+                         negative_prompt)
     result = api.invert_image(m, image, prompt, settings, out, max_side, fit, bars)
     stats = result.inversion.stats
     for w in result.warnings:
@@ -209,7 +213,7 @@ def reconstruct(inversion, model, model_config, device, dtype, out, as_json):
 @output_options
 @friendly
 def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
-              null_text_steps, negative_prompt, max_side, fit, out, as_json):
+              null_text_lr, null_text_steps, negative_prompt, max_side, fit, out, as_json):
     """Invert IMAGE and regenerate it: inversion file, reconstruction, side-by-side picture and report.
 
     \b
@@ -221,7 +225,8 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
 
     api.check_image(image)
     m = _load(model, model_config, device, dtype)
-    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_steps, negative_prompt)
+    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
+                         negative_prompt)
     result = api.roundtrip(m, image, prompt, settings, out, max_side, fit, Bars())
     _show(result.report, result.paths, result.warnings, as_json)
 

@@ -23,7 +23,8 @@ CondEpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 class NullTextOptions:
     inner_steps: int = 10  # Adam steps per DDIM step at most (the paper's N)
     lr: float = 1e-2  # Adam learning rate at the first step, decayed linearly to half at the last
-    tol: float = 1e-5  # stop a step's optimisation when the MSE to the pivot is below tol + i·2e-5 (paper's code)
+    tol: float = 1e-5  # stop a step's optimisation when the MSE to the pivot is below tol + i·tol_growth
+    tol_growth: float = 2e-5  # the paper's code loosens the tolerance by this much per step
 
     def __post_init__(self) -> None:
         if self.inner_steps < 0 or self.lr <= 0 or self.tol < 0:
@@ -64,7 +65,7 @@ def null_text_optimise(model_eps: CondEpsFn, cond: torch.Tensor, uncond: torch.T
             with torch.enable_grad():
                 loss = torch.nn.functional.mse_loss(_guided_step(model_eps, x, t, cond_eps, u, scale, a, b), target)
                 calls += 1
-                if loss.item() < options.tol + i * 2e-5:
+                if loss.item() < options.tol + i * options.tol_growth:
                     break
                 optimiser.zero_grad()
                 loss.backward()
