@@ -77,6 +77,7 @@ class ReconstructResult:
     image: Any  # PIL image at the input's size
     paths: dict[str, Path] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    content: Any = None  # (H, W, 3) uint8: the reconstruction at the working size, padding removed
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -211,7 +212,7 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
     image = prepared.restore(recon)
     paths = _write_outputs(out, stem or Path(prepared.source).stem, image, prepared, recon, vae, report)
-    return ReconstructResult(report, image, paths)
+    return ReconstructResult(report, image, paths, (), to_uint8(prepared.content(recon)[0]))
 
 
 def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err: float,
@@ -252,7 +253,7 @@ def roundtrip(model, image: str | os.PathLike, prompt: str = "", settings: Inver
     result = reconstruct(model, inverted.inversion, out, Path(image).stem, progress)
     return ReconstructResult(result.report, result.image,
                              {**({"inversion": inverted.path} if inverted.path else {}), **result.paths},
-                             inverted.warnings + result.warnings)
+                             inverted.warnings + result.warnings, result.content)
 
 
 @dataclass(frozen=True)

@@ -69,27 +69,33 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
-def inversion_options(f: Callable) -> Callable:
-    f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
-    f = click.option("--null-text-steps", type=click.IntRange(0), default=10, show_default=True,
-                     help="null-text: optimisation steps per DDIM step at most.")(f)
-    f = click.option("--null-text-lr", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
-                     help="null-text: Adam learning rate (0.1 suits the shipped shapes model).")(f)
-    f = click.option("--pivot", type=click.Choice(["ddim", "fixed-point"]), default="ddim", show_default=True,
-                     help="negative-prompt, null-text, direct: how the guidance-1 pivot trajectory is inverted.")(f)
-    f = click.option("--max-iter", type=click.IntRange(1), default=20, show_default=True,
-                     help="fixed-point: iterations per step at most.")(f)
-    f = click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True,
-                     help="fixed-point: relative residual of a step to stop at.")(f)
-    f = click.option("--guidance", "-g", type=float, default=1.0, show_default=True,
-                     help="Classifier-free guidance scale the inversion is made for and regenerates with.")(f)
-    f = click.option("--method", type=click.Choice(METHOD_CHOICES), default="fixed-point", show_default=True,
-                     help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly; "
-                          "negative-prompt, null-text, direct, edict: faithful under guidance (see README).")(f)
-    f = click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True,
-                     help="DDIM steps (the same schedule inverts and regenerates).")(f)
-    f = click.option("--prompt", "-p", default="", help="Text the image is inverted under.")(f)
-    return f
+def inversion_options(many: bool = False) -> Callable[[Callable], Callable]:
+    """The options of an inversion; with `many`, --prompt may be repeated (one per input)."""
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
+        f = click.option("--null-text-steps", type=click.IntRange(0), default=10, show_default=True,
+                         help="null-text: optimisation steps per DDIM step at most.")(f)
+        f = click.option("--null-text-lr", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
+                         help="null-text: Adam learning rate (0.1 suits the shipped shapes model).")(f)
+        f = click.option("--pivot", type=click.Choice(["ddim", "fixed-point"]), default="ddim", show_default=True,
+                         help="negative-prompt, null-text, direct: how the guidance-1 pivot trajectory is inverted.")(f)
+        f = click.option("--max-iter", type=click.IntRange(1), default=20, show_default=True,
+                         help="fixed-point: iterations per step at most.")(f)
+        f = click.option("--tol", type=click.FloatRange(0), default=1e-6, show_default=True,
+                         help="fixed-point: relative residual of a step to stop at.")(f)
+        f = click.option("--guidance", "-g", type=float, default=1.0, show_default=True,
+                         help="Classifier-free guidance scale the inversion is made for and regenerates with.")(f)
+        f = click.option("--method", type=click.Choice(METHOD_CHOICES), default="fixed-point", show_default=True,
+                         help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly; "
+                              "negative-prompt, null-text, direct, edict: faithful under guidance (see README).")(f)
+        f = click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True,
+                         help="DDIM steps (the same schedule inverts and regenerates).")(f)
+        f = click.option("--prompt", "-p", multiple=many, default=() if many else "",
+                         help="Text the image is inverted under" + (" (once, or once per input)." if many else "."))(f)
+        return f
+
+    return decorate
 
 
 def image_options(f: Callable) -> Callable:
@@ -148,7 +154,7 @@ def main() -> None:
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @model_options
-@inversion_options
+@inversion_options()
 @image_options
 @output_options
 @friendly
@@ -208,7 +214,7 @@ def reconstruct(inversion, model, model_config, device, dtype, out, as_json):
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @model_options
-@inversion_options
+@inversion_options()
 @image_options
 @output_options
 @friendly
@@ -229,6 +235,72 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
                          negative_prompt)
     result = api.roundtrip(m, image, prompt, settings, out, max_side, fit, Bars())
     _show(result.report, result.paths, result.warnings, as_json)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@model_options
+@inversion_options(many=True)
+@click.option("--frames", "-f", type=click.IntRange(2, 1000), default=16, show_default=True,
+              help="Frames per pair of inputs, both ends included.")
+@click.option("--mode", type=click.Choice(["slerp", "lerp"]), default="slerp", show_default=True,
+              help="How the noises are mixed (slerp keeps their norm).")
+@click.option("--renormalise/--no-renormalise", default=False, show_default=True,
+              help="Give mixed noise the mixed per-channel mean and std of the ends (DiffMorpher's AdaIN).")
+@click.option("--spacing", type=click.Choice(["even", "uniform"]), default="even", show_default=True,
+              help="Even weights, or weights that make consecutive frames equally far apart (one more pass).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Frames per UNet batch.")
+@click.option("--fps", type=click.FloatRange(0, min_open=True), default=8.0, show_default=True,
+              help="GIF and MP4 frame rate.")
+@image_options
+@output_options
+@friendly
+def interpolate(inputs, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
+                null_text_lr, null_text_steps, negative_prompt, frames, mode, renormalise, spacing, batch_size, fps,
+                max_side, fit, out, as_json):
+    """Interpolate between two or more photos (or saved .inversion.safetensors files).
+
+    Photos are inverted first (and their inversions saved to OUT, to reuse). Writes OUT/frames/*.png,
+    OUT/sheet.png, OUT/morph.gif, OUT/morph.mp4 and OUT/interpolation.json. --prompt may be given once
+    for all inputs or once per input.
+
+    \b
+    Example:
+      invedit interpolate a.png b.png --prompt "a red circle on a blue background" \\
+          --prompt "a yellow circle on a green background" --frames 16 --renormalise --spacing uniform --out runs/morph
+      invedit interpolate runs/a.inversion.safetensors runs/b.inversion.safetensors --frames 16 --out runs/morph
+    """
+    from . import api
+    from .morph import InterpolationSettings
+    from .morph import interpolate as run_interpolation
+    from .report import jsonable
+
+    if len(inputs) < 2:
+        raise click.UsageError("give at least two inputs")
+    for item in inputs:
+        if not item.endswith(".safetensors"):
+            api.check_image(item)
+    interp = InterpolationSettings(frames=frames, mode=mode, renormalise=renormalise, spacing=spacing,
+                                   batch_size=batch_size, fps=fps)
+    m = _load(model, model_config, device, dtype)
+    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
+                         negative_prompt)
+    prompts = list(prompt) or [""]
+    result = run_interpolation(m, inputs, prompts, settings, interp, out, max_side, fit, Bars())
+    for w in result.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if as_json:
+        click.echo(json.dumps(jsonable({**result.report, "files": {k: str(v) for k, v in result.paths.items()}}),
+                              indent=2))
+        return
+    for seg in result.report["segments"]:
+        click.echo(f"{seg['from']} → {seg['to']}: {len(seg['weights'])} frames, consecutive distance "
+                   f"{seg['consecutive_mean']:.4f} ± spread {seg['spread']:.3f} (std/mean, lower is smoother)")
+    for e in result.report["endpoints"]:
+        click.echo(f"{e['input']}: end frame {e['frame_psnr_vs_input']:.2f} dB vs input, its own reconstruction "
+                   f"{e['reconstruction_psnr_vs_input']:.2f} dB")
+    for kind, path in result.paths.items():
+        click.echo(f"{kind:>8s}: {path}")
 
 
 @main.command()

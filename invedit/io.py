@@ -171,14 +171,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
     """Call write(tmp_path) on a temporary file in the target's folder, then rename it into place.
 
-    A crash or an error leaves no half-written output (DESIGN §6).
+    A crash or an error leaves no half-written output (DESIGN §6). `suffix` ends the temporary name,
+    for writers that pick a format by extension (OpenCV's video writer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -202,3 +203,46 @@ def save_image(path: str | os.PathLike, image: Image.Image | np.ndarray, format:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_gif(path: str | os.PathLike, frames: list[Image.Image], fps: float = 8.0, bounce: bool = True) -> Path:
+    """An animated GIF, looping; with `bounce` it plays forwards then backwards."""
+    seq = list(frames) + (list(frames[-2:0:-1]) if bounce and len(frames) > 2 else [])
+    return atomic_write(path, lambda tmp: seq[0].save(tmp, format="GIF", save_all=True, append_images=seq[1:],
+                                                      duration=round(1000 / fps), loop=0))
+
+
+def save_mp4(path: str | os.PathLike, frames: list[Image.Image], fps: float = 8.0, min_side: int = 256) -> Path:
+    """An MP4 (OpenCV's mp4v codec); small frames are enlarged by pixel repetition to `min_side`."""
+    import cv2
+
+    w, h = frames[0].size
+    scale = max(1, -(-min_side // min(w, h)))
+
+    def write(tmp: str) -> None:
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale))
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write MP4 video to {path}")
+        for frame in frames:
+            big = np.repeat(np.repeat(np.asarray(frame.convert("RGB")), scale, 0), scale, 1)
+            writer.write(cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+        writer.release()
+
+    return atomic_write(path, write, suffix=".tmp.mp4")
+
+
+def contact_sheet(frames: list[Image.Image], labels: list[str], columns: int = 8, min_side: int = 128) -> Image.Image:
+    """Frames in a grid, each enlarged by pixel repetition to at least `min_side` and labelled below."""
+    import cv2
+
+    w, h = frames[0].size
+    scale = max(1, -(-min_side // min(w, h)))
+    tw, th, label_h = w * scale, h * scale, 16
+    rows = -(-len(frames) // columns)
+    sheet = np.full((rows * (th + label_h), min(columns, len(frames)) * tw, 3), 255, np.uint8)
+    for k, (frame, label) in enumerate(zip(frames, labels)):
+        r, c = divmod(k, columns)
+        y, x = r * (th + label_h), c * tw
+        sheet[y:y + th, x:x + tw] = np.repeat(np.repeat(np.asarray(frame.convert("RGB")), scale, 0), scale, 1)
+        cv2.putText(sheet, label, (x + 3, y + th + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return Image.fromarray(sheet)
