@@ -185,8 +185,10 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
 
         click.echo(json.dumps(jsonable(summary), indent=2))
     else:
+        residual = stats["max_residual"]
+        residual = "not measured" if residual != residual else f"{residual:.2e}"
         click.echo(f"inverted {image} with {method} in {stats['network_calls']} network calls "
-                   f"({sum(stats['seconds'].values()):.1f}s); largest step residual {stats['max_residual']:.2e}")
+                   f"({sum(stats['seconds'].values()):.1f}s); largest step residual {residual}")
         click.echo(f"      inversion: {result.path}")
 
 
