@@ -11,21 +11,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 from . import __version__
 from .ddim import sample
 from .invert import FixedPointOptions
-from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, invert_with, regenerate
+from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, regenerate
+from .methods import _noop
 from .nulltext import NullTextOptions
 from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
 from .schedule import Schedule
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
 
-Progress = Callable[[str, int, int], None]  # (stage, steps done, steps in all)
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes-64"
 
 
@@ -80,10 +80,6 @@ class ReconstructResult:
     content: Any = None  # (H, W, 3) uint8: the reconstruction at the working size, padding removed
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    pass
-
-
 def default_model() -> str:
     if not (DEFAULT_MODEL / "model_index.json").is_file():
         raise InveditError(f"no --model given and the shipped model is not at {DEFAULT_MODEL}: "
@@ -110,7 +106,7 @@ def _timed(seconds: dict[str, float], stage: str, device: torch.device) -> Itera
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _conditioning(model, prompt: str, negative_prompt: str, guidance: float) -> Conditioning:
+def conditioning_for(model, prompt: str, negative_prompt: str, guidance: float) -> Conditioning:
     cond, uncond = model.encode_text([prompt, negative_prompt]).chunk(2)  # (1, L, D) each
     return Conditioning(model.eps, cond, uncond, guidance)
 
@@ -133,7 +129,7 @@ def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: Inver
     with torch.no_grad():
         with _timed(seconds, "encode", model.device):
             z0 = model.encode_image(prepared.pixels)  # (1, 4, H/f, W/f)
-            c = _conditioning(model, prompt, settings.negative_prompt, settings.guidance)
+            c = conditioning_for(model, prompt, settings.negative_prompt, settings.guidance)
         with _timed(seconds, "invert", model.device):
             result = invert_with(settings.method, c, z0, schedule, settings.options(), progress)
     warnings = _prompt_warnings(model, prompt) + _convergence_warnings(settings, result.residuals)
@@ -170,12 +166,12 @@ def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: In
     return InvertResult(inversion, prepared, path, tuple(warnings))
 
 
-def _replay_options(inversion: Inversion) -> MethodOptions:
+def replay_options(inversion: Inversion) -> MethodOptions:
     saved = inversion.stats.get("settings", {})
     return MethodOptions(edict_mix=float(saved.get("edict_mix", 0.93)))
 
 
-def _prepared_from(inversion: Inversion) -> Prepared:
+def prepared_from(inversion: Inversion) -> Prepared:
     """Rebuild the input geometry (and pixels) stored in an inversion file."""
     info = inversion.image
     pixels = inversion.extras["input"].float().sub(127.5).div(127.5) if "input" in inversion.extras else None
@@ -199,14 +195,14 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     problems = mismatches(inversion, model.describe())
     if problems:
         raise InveditError("the inversion does not fit this model:\n  " + "\n  ".join(problems))
-    prepared = _prepared_from(inversion)
+    prepared = prepared_from(inversion)
     seconds: dict[str, float] = {}
     with torch.no_grad():
         with _timed(seconds, "sample", model.device):
-            c = _conditioning(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
+            c = conditioning_for(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
             extras = {k: v.to(model.device) for k, v in inversion.extras.items() if k != "input"}
             z_hat = regenerate(inversion.method, c, inversion.x_T.to(model.device), extras, inversion.schedule,
-                               _replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
+                               replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
         with _timed(seconds, "decode", model.device):
             recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
     report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
@@ -276,7 +272,7 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
     x_T = torch.randn(n, model.unet.config.in_channels, size // f, size // f, generator=g)
     schedule = Schedule.create(model.noise, steps)
     with torch.no_grad():
-        z = sample(_conditioning(model, prompt, negative_prompt, guidance).eps_fn(), x_T.to(model.device), schedule,
+        z = sample(conditioning_for(model, prompt, negative_prompt, guidance).eps_fn(), x_T.to(model.device), schedule,
                    eta=eta,
                    generator=torch.Generator().manual_seed(seed + 1) if eta > 0 else None,
                    callback=lambda d, k: progress("sample", d, k))
@@ -294,4 +290,4 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
 
 
 __all__ = ["InveditError", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
-           "load", "check_image", "invert_image", "invert_prepared", "reconstruct", "roundtrip", "generate", "prepare"]
+           "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "reconstruct", "roundtrip", "generate", "prepare"]

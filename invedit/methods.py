@@ -27,7 +27,7 @@ from .schedule import Schedule
 
 METHODS = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct", "edict")
 PIVOTS = ("ddim", "fixed-point")
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # (stage, steps done, steps in all)
 
 
 @dataclass(frozen=True)

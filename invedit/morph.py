@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .api import (InveditError, InversionSettings, Progress, _conditioning, _noop, _prepared_from, _replay_options,
-                  invert_image, reconstruct)
+from .api import (InveditError, InversionSettings, Progress, conditioning_for, invert_image, prepared_from,
+                  reconstruct, replay_options)
 from .interpolate import MODES, SPACINGS, consecutive_distances, lerp, mix_extras, mix_noise, rms_distance, spread, \
     stack_extras, uniform_weights
 from .io import contact_sheet, save_gif, save_image, save_mp4, to_uint8, write_text
@@ -91,9 +91,9 @@ class _Segment:
 
     def __init__(self, model, a: Inversion, b: Inversion, settings: InterpolationSettings):
         self.model, self.a, self.b, self.s = model, a, b, settings
-        self.ca = _conditioning(model, a.prompt, a.negative_prompt, a.guidance)
-        self.cb = _conditioning(model, b.prompt, b.negative_prompt, b.guidance)
-        self.box = _prepared_from(a).content
+        self.ca = conditioning_for(model, a.prompt, a.negative_prompt, a.guidance)
+        self.cb = conditioning_for(model, b.prompt, b.negative_prompt, b.guidance)
+        self.box = prepared_from(a).content
         self.extras = [{k: v.to(model.device) for k, v in inv.extras.items() if k != "input"} for inv in (a, b)]
         self.calls = 0
 
@@ -104,7 +104,7 @@ class _Segment:
         uncond = torch.cat([lerp(self.ca.uncond, self.cb.uncond, w) for w in weights])
         extras = stack_extras([mix_extras(*self.extras, w, s.mode, s.renormalise) for w in weights])
         c = Conditioning(self.model.eps, cond, uncond, a.guidance)
-        z = regenerate(a.method, c, x_T, extras, a.schedule, _replay_options(a))
+        z = regenerate(a.method, c, x_T, extras, a.schedule, replay_options(a))
         self.calls += a.schedule.steps * (2 if a.method == "edict" else 1)
         return [to_uint8(p) for p in self.box(self.model.decode(z))]
 
@@ -123,8 +123,9 @@ class _Segment:
 def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
                 settings: InversionSettings = InversionSettings(), interp: InterpolationSettings = InterpolationSettings(),
                 out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-                progress: Progress = _noop) -> InterpolateResult:
+                progress: Optional[Progress] = None) -> InterpolateResult:
     """Interpolate between two or more photos or inversion files (see the module docstring)."""
+    progress = progress or (lambda stage, done, total: None)
     if len(inputs) < 2:
         raise InveditError("interpolation needs at least two inputs")
     if len(prompts) not in (1, len(inputs)):
@@ -173,7 +174,7 @@ def _endpoint_report(model, inversions, frames, names) -> list[dict[str, Any]]:
     per_segment = (len(frames) - 1) // (len(inversions) - 1)
     unit = lambda a: a.astype(np.float64) / 255  # noqa: E731
     for k, (inv, name) in enumerate(zip(inversions, names)):
-        prepared = _prepared_from(inv)
+        prepared = prepared_from(inv)
         ref = unit(to_uint8(prepared.content(prepared.pixels)[0]))
         recon = reconstruct(model, inv).content  # the single-image reconstruction, at the working size
         frame = frames[k * per_segment]
