@@ -68,15 +68,8 @@ def mix_extras(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], w: 
 
 def stack_extras(frames: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch the extras of several frames along their batch axis (axis 1 for per-step tensors)."""
-    out = {}
-    for k in frames[0]:
-        if k == "uncond":  # null-text: (N, L, D) per frame → (N, B, L, D)
-            out[k] = torch.stack([f[k] for f in frames], 1)
-        elif k == "offsets":  # direct: (N, 1, C, h, w) per frame → (N, B, C, h, w)
-            out[k] = torch.cat([f[k] for f in frames], 1)
-        else:  # (1, C, h, w) → (B, C, h, w)
-            out[k] = torch.cat([f[k] for f in frames], 0)
-    return out
+    per_step = ("uncond", "offsets")  # null-text (N, 1, L, D), direct (N, 1, C, h, w): batch on axis 1
+    return {k: torch.cat([f[k] for f in frames], 1 if k in per_step else 0) for k in frames[0]}
 
 
 def rms_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -119,11 +119,10 @@ def replay_conditioning(method: str, c: Conditioning, extras: Mapping[str, torch
 
 @dataclass(frozen=True)
 class _PerStepUncond(Conditioning):
-    per_step: Mapping[int, torch.Tensor] = field(default_factory=dict)  # timestep → (L, D), or (B, L, D) per sample
+    per_step: Mapping[int, torch.Tensor] = field(default_factory=dict)  # timestep → (B, L, D)
 
     def eps_fn(self, scale: Optional[float] = None):
-        at = lambda t: self.per_step[t] if self.per_step[t].dim() == 3 else self.per_step[t][None]  # noqa: E731
-        return guided(self.model_eps, self.cond, at, self.scale if scale is None else scale)
+        return guided(self.model_eps, self.cond, self.per_step.__getitem__, self.scale if scale is None else scale)
 
 
 def regenerate(method: str, c: Conditioning, x_T: torch.Tensor, extras: Mapping[str, torch.Tensor],

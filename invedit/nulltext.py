@@ -33,13 +33,13 @@ class NullTextOptions:
 
 @dataclass(frozen=True)
 class NullTextResult:
-    uncond: torch.Tensor  # (N, L, D) the optimised unconditional embedding of each sampling step
+    uncond: torch.Tensor  # (N, B, L, D) the optimised unconditional embedding of each step and sample
     losses: tuple[float, ...]  # (N,) MSE to the pivot reached at each step
     network_calls: int  # forward calls (each optimisation step also runs one backward pass)
 
 
 def _guided_step(model_eps: CondEpsFn, x, t, cond_eps, uncond, scale, a, b):
-    eps_u = model_eps(x, t, uncond.expand(x.shape[0], *uncond.shape[1:]))
+    eps_u = model_eps(x, t, uncond)
     return a * x + b * (eps_u + scale * (cond_eps - eps_u))  # Ho & Salimans 2022, eq. 6, then DDIM eq. 12
 
 
@@ -53,6 +53,7 @@ def null_text_optimise(model_eps: CondEpsFn, cond: torch.Tensor, uncond: torch.T
     x = pivot[0]
     embeddings, losses, calls = [], [], 0
     cond = cond.expand(x.shape[0], *cond.shape[1:])
+    uncond = uncond.expand(x.shape[0], *uncond.shape[1:])  # one embedding per sample, optimised together
     for i in range(schedule.steps):
         a, b = step_coefficients(*schedule.step_alphas(i))
         t, target = schedule.timesteps[i], pivot[i + 1]
@@ -74,7 +75,7 @@ def null_text_optimise(model_eps: CondEpsFn, cond: torch.Tensor, uncond: torch.T
         with torch.no_grad():
             x = _guided_step(model_eps, x, t, cond_eps, uncond, scale, a, b)
         calls += 2
-        embeddings.append(uncond[0])
+        embeddings.append(uncond)
         losses.append(float(torch.nn.functional.mse_loss(x, target)))
         if callback is not None:
             callback(i + 1, schedule.steps)
