@@ -101,6 +101,10 @@ def invert_with(method: str, c: Conditioning, z0: torch.Tensor, schedule: Schedu
     if method == "direct":
         offsets = _direct_offsets(c, pivot, schedule, progress)
         return MethodResult(pivot.x_T, {"offsets": offsets}, pivot.residuals, pivot.network_calls + schedule.steps)
+    if c.scale == 1.0:  # w = 1 never evaluates the unconditional branch: nothing to optimise
+        uncond = c.uncond.expand(z0.shape[0], *c.uncond.shape[1:])
+        return MethodResult(pivot.x_T, {"uncond": uncond[None].repeat(schedule.steps, 1, 1, 1)}, pivot.residuals,
+                            pivot.network_calls)
     nt = null_text_optimise(c.model_eps, c.cond, c.uncond, c.scale, pivot.latents, schedule, options.null_text,
                             lambda d, n: progress("null-text", d, n))
     return MethodResult(pivot.x_T, {"uncond": nt.uncond}, nt.losses, pivot.network_calls + nt.network_calls)
