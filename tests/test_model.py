@@ -160,3 +160,14 @@ def test_generate_is_seeded(tiny_model):
     c = api.generate(tiny_model, "a cat", seed=4, steps=5, guidance=3.0)
     assert torch.equal(a.latents, b.latents) and not torch.equal(a.latents, c.latents)
     assert a.images[0].size == (32, 32)
+
+
+def test_null_text_at_guidance_1_costs_only_its_pivot(tiny_model, photo):
+    from invedit.methods import Conditioning, MethodOptions, invert_with
+
+    z0 = tiny_model.encode_image(load_image(photo, tiny_model.multiple).pixels)
+    cond, uncond = tiny_model.encode_text(["a cat", ""]).chunk(2)
+    schedule = Schedule.create(tiny_model.noise, 6)
+    with torch.no_grad():
+        result = invert_with("null-text", Conditioning(tiny_model.eps, cond, uncond, 1.0), z0, schedule, MethodOptions())
+    assert result.network_calls == 6 and result.extras["uncond"].shape == (6, 1, 77, 32)
