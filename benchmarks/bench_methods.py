@@ -206,6 +206,10 @@ def summarise(records):
             "latent_error": _mean(r["latent_error"] for r in sel),
             "network_calls": _mean(r["network_calls"] for r in sel),
             "seconds_per_image": _mean(r["seconds"] for r in sel),
+            # the method's own measure of exactness (fixed-point: relative residual, > tol = not converged;
+            # null-text: MSE to the pivot), largest over the source's batches; nan where none is reported
+            "max_residual": max((r["max_residual"] for r in sel if r["max_residual"] == r["max_residual"]),
+                                default=float("nan")),
         })
     return table
 
@@ -255,6 +259,26 @@ def markdown_tables(table):
         for r in sel:
             lines.append("| " + " | ".join(_cells(r)) + " |")
     return "\n".join(lines)
+
+
+def _rounded(value, digits=6):
+    """Floats to `digits` significant digits (keeps the JSON small; timings and metrics need no more)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def to_json(header, table, records) -> str:
+    """{header, rows, table, records}, one table row or record per line."""
+    dump = lambda v: json.dumps(jsonable(_rounded(v)), ensure_ascii=False)  # noqa: E731
+    return "\n".join([
+        "{", f' "header": {json.dumps(jsonable(header), ensure_ascii=False)},', f' "rows": {dump(ORDER)},',
+        ' "table": [', ",\n".join("  " + dump(r) for r in table), " ],",
+        ' "records": [', ",\n".join("  " + dump(r) for r in records), " ]", "}", ""])
 
 
 def cpu_name() -> str:
@@ -321,8 +345,7 @@ def main() -> None:
           f"* = some image came back bit-exact (PSNR inf, counted as {PSNR_CAP:g} dB in the mean)")
     print(text_table(table))
     if args.json:
-        Path(args.json).write_text(json.dumps(jsonable({"header": header, "rows": ORDER, "table": table,
-                                                        "records": records}), indent=1) + "\n")
+        Path(args.json).write_text(to_json(header, table, records))
     if args.markdown:
         md = [
             "# Reconstruction benchmark: inversion methods × guidance × steps",
@@ -341,8 +364,8 @@ def main() -> None:
             f"err = ‖ẑ0 − z0‖/‖z0‖; a `*` after PSNR VAE: some image of the row came back bit-exact (PSNR "
             f"inf), counted as {PSNR_CAP:g} dB in the mean; calls = network calls of inversion + regeneration "
             "(null-text's optimisation also runs one backward pass per counted forward call); s/image = wall "
-            "time of inversion + regeneration ÷ batch size. The reference row is diffusers' DDIMInverseScheduler + DDIMScheduler "
-            "loop calling the UNet with the usual classifier-free guidance.",
+            "time of inversion + regeneration ÷ batch size. The reference row is diffusers' "
+            "DDIMInverseScheduler + DDIMScheduler loop calling the UNet with the usual classifier-free guidance.",
             "",
             "Rows: the methods of `invedit.methods.METHODS` with their defaults (negative-prompt, null-text and "
             "direct invert their w = 1 pivot with plain DDIM, as their papers do; null-text with the paper's "
