@@ -48,10 +48,11 @@ assert set(_HARMONIC_SHAPE.values()) | {"circle", "cross"} == set(SHAPES), "ever
 class Verdict:
     """What the judge read. shape and colour are None when no foreground was found.
 
-    Margins are (d2 - d1) / (d2 + d1) for the nearest (d1) and second nearest (d2) candidate: 0 means
-    a coin toss, 1 a perfect match. background_agreement is the fraction of border pixels that voted
-    for the background. features: (solidity, h3, h4, h5) of the outline (see `shape_features`).
-    mask: boolean (H, W), the shape's pixels.
+    colour_margin, background_margin: (d2 - d1) / (d2 + d1) for the nearest (d1) and second nearest
+    (d2) palette colour: 0 is a coin toss, 1 a perfect match. shape_margin: in [0, 1], how clear the
+    closest call on the way to the shape was (see `classify_shape`). background_agreement: the
+    fraction of border pixels that voted for the background. area: the mask's fraction of the image.
+    features: (solidity, h3, h4, h5) of the outline (see `shape_features`). mask: boolean (H, W).
     """
 
     shape: str | None
