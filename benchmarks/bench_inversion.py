@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from invedit.invert import FixedPointOptions, invert
 from invedit.io import load_image
 from invedit.report import image_metrics, latent_error, to_unit
 from invedit.schedule import Schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_methods import reference_loop  # noqa: E402  (diffusers' own loop, shared with the methods benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,27 +49,6 @@ def timed(fn, device):
     out = fn()
     sync(device)
     return out, time.perf_counter() - start
-
-
-def reference_loop(model, z0, cond, steps):
-    """diffusers' DDIMInverseScheduler + DDIMScheduler loop, as its docs write it (guidance 1)."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-
-    config = model.scheduler_config
-    inverse, forward = DDIMInverseScheduler.from_config(config), DDIMScheduler.from_config(config)
-    inverse.set_timesteps(steps, device=model.device)
-    forward.set_timesteps(steps, device=model.device)
-    unet, calls = model.unet, 0
-    x = z0.to(model.device, model.dtype)
-    c = cond.to(model.device, model.dtype)
-    for t in inverse.timesteps:
-        x = inverse.step(unet(x, t, encoder_hidden_states=c).sample, t, x).prev_sample
-        calls += 1
-    x_T = x
-    for t in forward.timesteps:
-        x = forward.step(unet(x, t, encoder_hidden_states=c).sample, t, x).prev_sample
-        calls += 1
-    return x_T.float(), x.float(), calls
 
 
 def unet_alone(model, z0, cond, calls):
@@ -119,7 +102,7 @@ def main() -> None:
         vae_pixels = box(model.decode(z0))
         per_call = min(unet_alone(model, z0, cond, 2 * args.steps) for _ in range(args.repeat))
     rows_spec = [
-        ("diffusers DDIMInverse+DDIM loop (reference)", lambda: reference_loop(model, z0, cond, args.steps)),
+        ("diffusers DDIMInverse+DDIM loop (reference)", lambda: reference_loop(model, z0, cond, cond, 1.0, args.steps)),
         ("invedit ddim", lambda: ours(model, z0, cond, args.steps, "ddim", None)),
         ("invedit fixed-point (tol 1e-6, ≤20 it)",
          lambda: ours(model, z0, cond, args.steps, "fixed-point", FixedPointOptions(1e-6, 20))),
