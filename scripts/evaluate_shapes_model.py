@@ -70,7 +70,12 @@ def prompt_following(model, n: int, steps: int, guidance: float, seed: int) -> d
     fields = ("shape", "colour", "background")
     accuracy = {k: float(np.mean([getattr(v, k) == t[j] for v, t in zip(verdicts, truth)])) for j, k in enumerate(fields)}
     all3 = float(np.mean([v.caption == c for v, c in zip(verdicts, captions)]))
-    return {"captions": n, "steps": steps, "guidance": guidance, "seed": seed, "all_three": all3, **accuracy}
+    confusion = {s: {} for s in shapes.SHAPES}  # asked shape -> {shape the judge read: count}
+    for v, t in zip(verdicts, truth):
+        read = v.shape or "nothing"
+        confusion[t[0]][read] = confusion[t[0]].get(read, 0) + 1
+    return {"captions": n, "steps": steps, "guidance": guidance, "seed": seed, "all_three": all3, **accuracy,
+            "shape_confusion": confusion}
 
 
 def inversion_quality(model, n: int, steps: int) -> dict:
@@ -119,6 +124,8 @@ def main() -> None:
     for r in report["prompt_following"]:
         print(f"prompt following at w={r['guidance']}: all three {r['all_three']:.0%} (shape {r['shape']:.0%}, "
               f"colour {r['colour']:.0%}, background {r['background']:.0%}) of {r['captions']}")
+        for asked, read in r["shape_confusion"].items():
+            print(f"    {asked:>9}: {read.get(asked, 0)}/{sum(read.values())} right; read as {read}")
     report["inversion"] = inversion_quality(model, args.inversion_images, args.steps)
     print("inversion:", json.dumps(report["inversion"], indent=1))
     report["seconds"] = time.perf_counter() - start

@@ -10,8 +10,9 @@ code path a hub model takes. Stages:
 3. Text: a ``CLIPTokenizer`` in which every caption word is one token, and a small ``CLIPTextModel``.
 4. UNet: a ``UNet2DConditionModel`` trained jointly with the text encoder on the DDPM epsilon objective
    over Stable Diffusion's own scaled-linear schedule, with offset noise (0.1; Guttenberg 2023) so the
-   sampler does not take the global colour from the noise (see PITFALLS), 10% empty captions for
-   classifier-free guidance, AdamW with warm-up and cosine decay, gradient clipping, and an EMA.
+   sampler does not take the global colour from the noise (see PITFALLS), Min-SNR-5 loss weights (Hang
+   et al. 2023), 10% empty captions for classifier-free guidance, AdamW with warm-up and cosine decay,
+   gradient clipping, and an EMA. ``--vae-from`` skips stage 2 and reuses a trained model's VAE.
 5. Save the pipeline atomically, load it back, generate, and grade the samples with ``invedit.judge``;
    ``training.json`` records the command, seed, hardware, steps, times, losses and grades.
 
@@ -20,6 +21,8 @@ the wall time: step counts shrink (never grow) to fit, from the speed measured w
 it the run is deterministic by seed on CPU at a given thread count. Examples::
 
     python scripts/train_shapes_model.py --device cuda --out runs/shapes --budget-minutes 5.5   # H100
+    OMP_NUM_THREADS=2 python scripts/train_shapes_model.py --out runs/unet --vae-from assets/models/shapes-64 \
+        --unet-steps 6000                                   # a new UNet on the shipped VAE, ~30 min on 2 cores
     OMP_NUM_THREADS=2 python scripts/train_shapes_model.py --out runs/shapes-cpu --budget-minutes 60
     OMP_NUM_THREADS=1 python scripts/train_shapes_model.py --out /tmp/smoke --vae-steps 20 --unet-steps 20 \
         --num-images 512 --num-photos 128 --eval-images 8                                 # smoke test, ~1 min
@@ -50,11 +53,12 @@ from invedit import shapes  # noqa: E402
 from invedit.judge import judge  # noqa: E402
 from invedit.model.build import MAX_LENGTH, SD_SCHEDULER, save_pipeline, text_encoder_for, write_tokenizer  # noqa: E402
 
-# Per-device defaults. CPU: ~50 min on 2 idle cores (VAE ~0.85 s, UNet ~0.15 s a step at 2 threads). CUDA: meant
-# to be capped with --budget-minutes (the step counts then shrink to fit); ~5-6 min on an H100 at 40 it/s.
+# Per-device defaults. CPU: ~55 min on 2 idle cores (VAE ~0.85 s, 48/96 UNet ~0.27 s a step at 2 threads; with
+# --vae-from the VAE stage is skipped). CUDA: meant to be capped with --budget-minutes (the step counts then
+# shrink to fit); the first 32/64 model trained at ~15 it/s (batch 256) on an H200.
 DEVICE_DEFAULTS = {
-    "cpu": dict(vae_steps=1000, unet_steps=12000, batch_size=32, vae_batch_size=32, lr=2e-3, vae_lr=1e-3,
-                num_images=20000, num_photos=4000, eval_images=48, log_every=50, vae_step_cost=6.0),
+    "cpu": dict(vae_steps=1000, unet_steps=8000, batch_size=32, vae_batch_size=32, lr=2e-3, vae_lr=1e-3,
+                num_images=20000, num_photos=4000, eval_images=48, log_every=50, vae_step_cost=3.0),
     "cuda": dict(vae_steps=3000, unet_steps=9000, batch_size=256, vae_batch_size=128, lr=2e-3, vae_lr=1e-3,
                  num_images=60000, num_photos=12000, eval_images=256, log_every=250, vae_step_cost=2.0),
 }
@@ -99,10 +103,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offset-noise", type=float, default=0.1, help="std of the per-channel constant in the noise")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty captions (for CFG)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of UNet + text encoder weights (0: off)")
+    p.add_argument("--min-snr", type=float, default=5.0,
+                   help="Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023; 0: off)")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="reuse the VAE of this pipeline folder (its scaling_factor too) instead of training one")
     p.add_argument("--warmup", type=float, default=0.05, help="share of steps with linear lr warm-up")
     p.add_argument("--vae-channels", type=ints, default=(32, 64, 64), help="VAE block widths (3 = factor 4)")
-    p.add_argument("--unet-channels", type=ints, default=(32, 64), help="UNet block widths; cross-attn below 1st")
+    p.add_argument("--unet-channels", type=ints, default=(48, 96), help="UNet block widths; cross-attn below 1st")
     p.add_argument("--unet-heads", type=int, default=2, help="attention heads per UNet transformer")
+    p.add_argument("--unet-layers", type=int, default=1, help="resnet (+ attention) layers per UNet block")
     p.add_argument("--text-hidden", type=int, default=64)
     p.add_argument("--text-layers", type=int, default=2)
     p.add_argument("--eval-steps", type=int, default=20)
@@ -119,6 +128,10 @@ def check_args(args: argparse.Namespace) -> None:
         sys.exit("--device cuda: no CUDA device is visible to torch")
     if args.out.exists() and not args.overwrite:
         sys.exit(f"--out {args.out} exists; pass --overwrite to replace it")
+    if args.vae_from is not None and not (args.vae_from / "vae" / "config.json").is_file():
+        sys.exit(f"--vae-from {args.vae_from}: no vae/config.json there (expected a diffusers pipeline folder)")
+    if args.min_snr < 0:
+        sys.exit(f"--min-snr must be >= 0 (0 turns it off), got {args.min_snr}")
     if len(args.vae_channels) != 3:
         sys.exit(f"--vae-channels needs 3 widths (64 px -> 16x16 latents), got {args.vae_channels}")
     if len(args.unet_channels) < 2:
@@ -342,6 +355,20 @@ def train_vae(vae, data: dict, args: argparse.Namespace, deadline: float | None)
     return dict(steps=step, requested=args.vae_steps, seconds=progress.elapsed, final_loss=progress.last_loss)
 
 
+def load_vae(folder: Path, device: str):
+    """The VAE of an existing pipeline folder, as trained (scaling_factor kept), and its log entry."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
+    print(f"[vae] reusing {folder / 'vae'} (scaling_factor {vae.config.scaling_factor:.4f}); not training one",
+          flush=True)
+    log = {"from": str(folder), "steps": 0}
+    previous = folder / "training.json"
+    if previous.is_file():  # carry how that VAE was made, so this run's record stays complete
+        log["trained_by"] = {k: json.loads(previous.read_text()).get(k) for k in ("command", "hardware", "vae")}
+    return vae, log
+
+
 @torch.no_grad()
 def encode(vae, images: torch.Tensor, device: str, batch: int = 512) -> torch.Tensor:
     """Posterior means (N, 4, 16, 16) of uint8 images, unscaled, fp32."""
@@ -413,7 +440,8 @@ def build_unet(args: argparse.Namespace, cross_attention_dim: int):
     torch.manual_seed(args.seed + 3)
     levels = len(args.unet_channels)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=args.unet_channels,
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=args.unet_layers,
+        block_out_channels=args.unet_channels,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         cross_attention_dim=cross_attention_dim, attention_head_dim=args.unet_heads,  # diffusers: = heads
@@ -454,6 +482,17 @@ def unet_batch(latents, ids, empty_ids, alphas, args, gen):
     return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, ids, eps               # DDPM eq. 4 (Ho et al. 2020)
 
 
+def loss_weights(alphas: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor | None:
+    """Min-SNR-gamma (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR per sample, None if off.
+
+    It lowers the weight of the low-noise steps (SNR > gamma), whose fine detail dominates the epsilon loss,
+    so the steps where the layout, i.e. the shape, is decided get a larger share of the gradient."""
+    if gamma <= 0:
+        return None
+    snr = alphas[t] / (1 - alphas[t])
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(unet, text_encoder, latents, ids, empty_ids, args, deadline: float | None) -> dict:
     """Stage 4: the epsilon objective ||eps - eps_theta(x_t, t, text)||^2, UNet and text encoder together."""
     from diffusers import DDIMScheduler
@@ -473,7 +512,11 @@ def train_unet(unet, text_encoder, latents, ids, empty_ids, args, deadline: floa
         x_t, t, batch_ids, eps = unet_batch(latents, ids, empty_ids, alphas, args, gen)
         with autocast(args.device):
             pred = unet(x_t, t, text_encoder(batch_ids)[0]).sample
-        loss = F.mse_loss(pred.float(), eps)
+        weights = loss_weights(alphas, t, args.min_snr)
+        if weights is None:
+            loss = F.mse_loss(pred.float(), eps)
+        else:
+            loss = (weights * (pred.float() - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -593,10 +636,14 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     data = make_data(args)                                                               # 1. data
-    vae = build_vae(args)
-    vae_share = args.vae_steps * args.vae_step_cost / (args.vae_steps * args.vae_step_cost + args.unet_steps)
-    vae_log = train_vae(vae, data, args, stage_deadline(args, start, vae_share))         # 2. VAE
-    scale = set_scaling_factor(vae, data, args.device)
+    if args.vae_from is None:
+        vae = build_vae(args)
+        vae_share = args.vae_steps * args.vae_step_cost / (args.vae_steps * args.vae_step_cost + args.unet_steps)
+        vae_log = train_vae(vae, data, args, stage_deadline(args, start, vae_share))     # 2. VAE
+        scale = set_scaling_factor(vae, data, args.device)
+    else:
+        vae, vae_log = load_vae(args.vae_from, args.device)
+        scale = vae.config.scaling_factor
     vae_log.update(evaluate_vae(vae, data, args.device), scaling_factor=scale)
     tokenizer, text_encoder = build_text(args, work / "tokenizer")                       # 3. text
     latents = encode(vae, data["shapes"], args.device) * scale                           # (N, 4, 16, 16)
