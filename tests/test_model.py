@@ -123,6 +123,15 @@ def test_every_method_is_bit_identical_on_repeat(tiny_model, photo):
         assert torch.equal(a, b)
 
 
+def test_the_fingerprint_does_not_depend_on_where_the_model_lies(tiny_model, tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "copy")
+    assert api.load(str(copy), device="cpu").fingerprint == tiny_model.fingerprint
+    other = save_tiny_pipeline(tmp_path / "other", seed=1)
+    assert api.load(str(other), device="cpu").fingerprint != tiny_model.fingerprint
+
+
 def test_a_different_model_is_refused_with_what_differs(tiny_model, photo, tmp_path):
     inv = api.invert_image(tiny_model, photo, "", api.InversionSettings(steps=5, method="ddim")).inversion
     other = api.load(str(save_tiny_pipeline(tmp_path / "other", seed=1, prediction_type="v_prediction")), device="cpu")

@@ -127,10 +127,14 @@ class Model:
         self.fingerprint = self._fingerprint()
 
     def _fingerprint(self) -> str:
-        """A short hash of the configs and a slice of the weights: tells models apart even under one name."""
+        """A short hash of the configs and a slice of the weights: tells models apart even under one name.
+
+        Config keys that start with "_" are left out: diffusers writes where a model was loaded from
+        (`_name_or_path`) and which diffusers saved it there, so a moved or re-saved copy keeps its print."""
         h = hashlib.sha256()
         for cfg in (self.unet.config, self.vae.config, self.noise.to_dict()):
-            h.update(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
+            kept = {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
+            h.update(json.dumps(kept, sort_keys=True, default=str).encode())
         for module in (self.unet, self.vae, self.text_encoder):
             first = next(module.parameters()).detach().flatten()[:4096].float().cpu()
             h.update(first.numpy().tobytes())
