@@ -53,8 +53,9 @@ from invedit import shapes  # noqa: E402
 from invedit.judge import judge  # noqa: E402
 from invedit.model.build import MAX_LENGTH, SD_SCHEDULER, save_pipeline, text_encoder_for, write_tokenizer  # noqa: E402
 
-# Per-device defaults. CPU: ~55 min on 2 idle cores (VAE ~0.85 s, 48/96 UNet ~0.27 s a step at 2 threads; with
-# --vae-from the VAE stage is skipped). CUDA: meant to be capped with --budget-minutes (the step counts then
+# Per-device defaults. CPU: ~60 min on 2 idle cores (VAE ~0.95 s, 48/96 UNet ~0.26 s a step at 2 threads; with
+# --vae-from the VAE stage is skipped). Measured: --budget-minutes 50 ran 37 min (VAE cut to 494 steps: 26.0 dB,
+# below the GPU-trained VAE's 33.8; prompts 100/100), since a budget only ever shrinks the step counts. CUDA: meant to be capped with --budget-minutes (the step counts then
 # shrink to fit); the first 32/64 model trained at ~15 it/s (batch 256) on an H200.
 DEVICE_DEFAULTS = {
     "cpu": dict(vae_steps=1000, unet_steps=8000, batch_size=32, vae_batch_size=32, lr=2e-3, vae_lr=1e-3,
