@@ -18,8 +18,7 @@ import torch
 from . import __version__
 from .ddim import sample
 from .invert import FixedPointOptions
-from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, regenerate
-from .methods import _noop
+from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, no_progress, regenerate
 from .nulltext import NullTextOptions
 from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
@@ -122,7 +121,7 @@ def check_image(path: str | os.PathLike) -> None:
 
 
 def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: InversionSettings = InversionSettings(),
-                    progress: Progress = _noop) -> tuple[Inversion, list[str]]:
+                    progress: Progress = no_progress) -> tuple[Inversion, list[str]]:
     """Invert an image already sized for the model (see `io.prepare`)."""
     seconds: dict[str, float] = {}
     schedule = Schedule.create(model.noise, settings.steps)
@@ -155,7 +154,7 @@ def _convergence_warnings(settings: InversionSettings, residuals) -> list[str]:
 
 def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
                  out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-                 progress: Progress = _noop) -> InvertResult:
+                 progress: Progress = no_progress) -> InvertResult:
     """Load a photo, invert it, and write `<out>/<stem>.inversion.safetensors` when `out` is given.
 
     `max_side` defaults to the model's native resolution; 0 keeps the photo's own size.
@@ -184,7 +183,7 @@ def prepared_from(inversion: Inversion) -> Prepared:
 
 
 def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[str | os.PathLike] = None,
-                stem: Optional[str] = None, progress: Progress = _noop) -> ReconstructResult:
+                stem: Optional[str] = None, progress: Progress = no_progress) -> ReconstructResult:
     """Regenerate an inversion with its own schedule, prompt and guidance; measure and (optionally) write it."""
     if not isinstance(inversion, Inversion):
         stem = stem or Path(inversion).name.removesuffix(SUFFIX).removesuffix(".safetensors")
@@ -243,7 +242,7 @@ def _write_outputs(out, stem: str, image, prepared: Prepared, recon, vae, report
 
 def roundtrip(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
               out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-              progress: Progress = _noop) -> ReconstructResult:
+              progress: Progress = no_progress) -> ReconstructResult:
     """Invert a photo and regenerate it: the inversion file, reconstruction, comparison and report."""
     inverted = invert_image(model, image, prompt, settings, out, max_side, fit, progress)
     result = reconstruct(model, inverted.inversion, out, Path(image).stem, progress)
@@ -262,7 +261,7 @@ class SampleResult:
 
 def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, guidance: float = 5.0,
              negative_prompt: str = "", eta: float = 0.0, size: Optional[int] = None,
-             out: Optional[str | os.PathLike] = None, progress: Progress = _noop) -> SampleResult:
+             out: Optional[str | os.PathLike] = None, progress: Progress = no_progress) -> SampleResult:
     """Plain DDIM generation from seeded noise (drawn on the CPU, so a seed gives the same noise everywhere)."""
     size = size or model.native_size
     if size % model.multiple:

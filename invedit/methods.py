@@ -63,8 +63,8 @@ class MethodResult:
     network_calls: int
 
 
-def _noop(stage: str, done: int, total: int) -> None:
-    pass
+def no_progress(stage: str, done: int, total: int) -> None:
+    """The default Progress: report nothing."""
 
 
 def _pivot(c: Conditioning, z0, schedule, options: MethodOptions, progress: Progress) -> Trajectory:
@@ -85,7 +85,7 @@ def _direct_offsets(c: Conditioning, pivot: Trajectory, schedule: Schedule, prog
 
 
 def invert_with(method: str, c: Conditioning, z0: torch.Tensor, schedule: Schedule,
-                options: MethodOptions = MethodOptions(), progress: Progress = _noop) -> MethodResult:
+                options: MethodOptions = MethodOptions(), progress: Progress = no_progress) -> MethodResult:
     """Invert z_0 (level N) to x_T (level 0) with `method`; see the table above."""
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}")

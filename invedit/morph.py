@@ -26,7 +26,7 @@ from .api import (InveditError, InversionSettings, Progress, conditioning_for, i
 from .interpolate import MODES, SPACINGS, consecutive_distances, lerp, mix_extras, mix_noise, rms_distance, spread, \
     stack_extras, uniform_weights
 from .io import contact_sheet, save_gif, save_image, save_mp4, to_uint8, write_text
-from .methods import Conditioning, regenerate
+from .methods import Conditioning, no_progress, regenerate
 from .report import image_metrics, jsonable
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches
 
@@ -123,9 +123,8 @@ class _Segment:
 def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
                 settings: InversionSettings = InversionSettings(), interp: InterpolationSettings = InterpolationSettings(),
                 out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-                progress: Optional[Progress] = None) -> InterpolateResult:
+                progress: Progress = no_progress) -> InterpolateResult:
     """Interpolate between two or more photos or inversion files (see the module docstring)."""
-    progress = progress or (lambda stage, done, total: None)
     if len(inputs) < 2:
         raise InveditError("interpolation needs at least two inputs")
     if len(prompts) not in (1, len(inputs)):

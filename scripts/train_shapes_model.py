@@ -366,7 +366,8 @@ def load_vae(folder: Path, device: str):
     log = {"from": str(folder), "steps": 0}
     previous = folder / "training.json"
     if previous.is_file():  # carry how that VAE was made, so this run's record stays complete
-        log["trained_by"] = {k: json.loads(previous.read_text()).get(k) for k in ("command", "hardware", "vae")}
+        record = json.loads(previous.read_text())
+        log["trained_by"] = {k: record.get(k) for k in ("command", "hardware", "vae")}
     return vae, log
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from invedit.judge import judge, judge_caption
-from invedit.shapes import (CAPTION_WORDS, COLOURS, CROSS_ARM, SHAPES, STAR_INNER, Scene, all_captions,
+from invedit.shapes import (CAPTION_WORDS, COLOURS, CROSS_ARM, SHAPES, STAR_INNER, SYMMETRY, Scene, all_captions,
                             caption_for, coverage, make_dataset, parse_caption, perturb, render,
                             sample_scene, shape_mask)
 
@@ -85,7 +85,7 @@ def test_shapes_stand_upright_unless_rotated():
     for a, b in zip(upright, rotated):  # the same seed draws the same scene, only the rotation differs
         assert (a.shape, a.colour, a.background, a.centre, a.size) == (b.shape, b.colour, b.background, b.centre, b.size)
         if a.shape != "circle":
-            assert 0.0 < b.rotation < {"square": 90, "triangle": 120, "star": 72, "cross": 90}[a.shape]
+            assert 0.0 < b.rotation < SYMMETRY[a.shape]
 
 
 def test_sample_scene_keeps_the_attributes_it_is_given():
