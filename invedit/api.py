@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .ddim import sample
 from .invert import FixedPointOptions
-from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, no_progress, regenerate
+from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, no_progress, replay
 from .nulltext import NullTextOptions
 from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
@@ -136,9 +136,10 @@ def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: Inver
     stats = {"residuals": list(result.residuals), "network_calls": result.network_calls,
              "max_residual": max(finite) if finite else float("nan"), "seconds": seconds,
              "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
-    extras = {**result.extras, "input": prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)}
+    pixels = prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)
     inversion = Inversion(result.x_T, z0, schedule, settings.method, prompt, settings.guidance, model.describe(),
-                          {**prepared.describe(), "invedit": __version__}, stats, extras, settings.negative_prompt)
+                          {**prepared.describe(), "invedit": __version__}, stats, result.extras,
+                          settings.negative_prompt, pixels)
     return inversion, warnings
 
 
@@ -173,9 +174,9 @@ def replay_options(inversion: Inversion) -> MethodOptions:
 def prepared_from(inversion: Inversion) -> Prepared:
     """Rebuild the input geometry (and pixels) stored in an inversion file."""
     info = inversion.image
-    pixels = inversion.extras["input"].float().sub(127.5).div(127.5) if "input" in inversion.extras else None
-    if pixels is None:
+    if inversion.pixels is None:
         raise InversionFileError("the inversion file holds no input image to compare against")
+    pixels = inversion.pixels.float().sub(127.5).div(127.5)
     return Prepared(pixels, info.get("source", "?"), tuple(info.get("original_size", pixels.shape[-1:-3:-1])),
                     tuple(info.get("resized_size", pixels.shape[-1:-3:-1])),
                     tuple(info.get("content_box", (0, 0, pixels.shape[-1], pixels.shape[-2]))),
@@ -199,9 +200,9 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     with torch.no_grad():
         with _timed(seconds, "sample", model.device):
             c = conditioning_for(model, inversion.prompt, inversion.negative_prompt, inversion.guidance)
-            extras = {k: v.to(model.device) for k, v in inversion.extras.items() if k != "input"}
-            z_hat = regenerate(inversion.method, c, inversion.x_T.to(model.device), extras, inversion.schedule,
-                               replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
+            extras = {k: v.to(model.device) for k, v in inversion.extras.items()}
+            z_hat = replay(inversion.method, c, inversion.x_T.to(model.device), extras, inversion.schedule,
+                           replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
         with _timed(seconds, "decode", model.device):
             recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
     report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)

@@ -14,7 +14,7 @@ The same line serves sampling (ᾱ grows) and inversion (ᾱ shrinks); the ends 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
@@ -22,6 +22,7 @@ from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]  # (x (B,C,h,w), timestep) -> ε (B,C,h,w)
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
+Hook = Callable[[int, torch.Tensor], torch.Tensor]  # (step i, x at level i + 1) -> x: changes a trajectory
 
 
 def step_coefficients(alpha_from: float, alpha_to: float) -> tuple[float, float]:
@@ -68,11 +69,11 @@ def latent_dtype(x: torch.Tensor) -> torch.dtype:
 
 def sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: Schedule, *, eta: float = 0.0,
            generator: Optional[torch.Generator] = None, start: int = 0,
-           callback: Optional[StepCallback] = None, offsets: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+           callback: Optional[StepCallback] = None, hook: Optional[Hook] = None) -> torch.Tensor:
     """Run the schedule forwards from level `start` (x_T at level 0) to the clean end.
 
     η = 0 is deterministic DDIM; η > 0 needs an explicit `generator` so a run can be repeated.
-    `offsets[i]`, when given, is added after step i (direct inversion's recorded corrections).
+    `hook(i, x)`, when given, replaces x after step i (direct inversion's corrections, local blending).
     """
     if eta > 0 and generator is None:
         raise ValueError("stochastic sampling (eta > 0) needs an explicit torch.Generator")
@@ -84,11 +85,27 @@ def sample(eps_fn: EpsFn, x_T: torch.Tensor, schedule: Schedule, *, eta: float =
             x = stochastic_step(x, eps, alpha_from, alpha_to, eta, generator)
         else:
             x = ddim_step(x, eps, alpha_from, alpha_to)
-        if offsets is not None:
-            x = x + offsets[i].to(x.device, x.dtype)
+        if hook is not None:
+            x = hook(i, x)
         if callback is not None:
             callback(i + 1 - start, schedule.steps - start)
     return x
+
+
+def compose_hooks(*hooks: Optional[Hook]) -> Optional[Hook]:
+    """One hook that runs the given ones in order (None where none is given)."""
+    chain = [h for h in hooks if h is not None]
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return chain[0]
+
+    def composed(i: int, x: torch.Tensor) -> torch.Tensor:
+        for h in chain:
+            x = h(i, x)
+        return x
+
+    return composed
 
 
 def to_epsilon(output: torch.Tensor, x: torch.Tensor, alpha: float, prediction_type: str) -> torch.Tensor:

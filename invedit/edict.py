@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .ddim import EpsFn, StepCallback, latent_dtype, step_coefficients
+from .ddim import EpsFn, Hook, StepCallback, latent_dtype, step_coefficients
 from .schedule import Schedule
 
 
@@ -22,8 +22,10 @@ def _check(p: float) -> None:
 
 
 def edict_sample(eps_fn: EpsFn, x: torch.Tensor, y: torch.Tensor, schedule: Schedule, p: float = 0.93,
-                 callback: Optional[StepCallback] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the coupled sequences forwards (noise → clean): EDICT eq. 14, then the mixing of eq. 15."""
+                 callback: Optional[StepCallback] = None, hook: Optional[Hook] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the coupled sequences forwards (noise → clean): EDICT eq. 14, then the mixing of eq. 15.
+
+    `hook(i, ·)`, when given, is applied to both sequences after step i (local blending)."""
     _check(p)
     dtype = latent_dtype(x)
     x, y = x.to(dtype), y.to(dtype)
@@ -34,6 +36,8 @@ def edict_sample(eps_fn: EpsFn, x: torch.Tensor, y: torch.Tensor, schedule: Sche
         y_inter = a * y + b * eps_fn(x_inter, t).to(dtype)
         x = p * x_inter + (1 - p) * y_inter
         y = p * y_inter + (1 - p) * x
+        if hook is not None:
+            x, y = hook(i, x), hook(i, y)
         if callback is not None:
             callback(i + 1, schedule.steps)
     return x, y

@@ -17,17 +17,19 @@ CondEpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x, t, 
 Uncond = Union[torch.Tensor, Callable[[int], torch.Tensor]]
 
 
-def _batch(cond: torch.Tensor, batch: int) -> torch.Tensor:
-    if cond.shape[0] == batch:
-        return cond
-    if cond.shape[0] != 1:
-        raise ValueError(f"conditioning batch {cond.shape[0]} does not match latent batch {batch}")
-    return cond.expand(batch, *cond.shape[1:])
+def tile(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeat a batch of P along axis 0 to `batch` = R·P rows (prompt-major: the whole block R times)."""
+    n = t.shape[0]
+    if n == batch:
+        return t
+    if n == 0 or batch % n:
+        raise ValueError(f"a batch of {n} cannot fill a batch of {batch} rows")
+    return t.expand(batch, *t.shape[1:]) if n == 1 else t.repeat(batch // n, *([1] * (t.dim() - 1)))
 
 
 def conditional(model_eps: CondEpsFn, cond: torch.Tensor) -> EpsFn:
     """The model under one fixed conditioning, as an eps_fn."""
-    return lambda x, t: model_eps(x, t, _batch(cond, x.shape[0]))
+    return lambda x, t: model_eps(x, t, tile(cond, x.shape[0]))
 
 
 def guided(model_eps: CondEpsFn, cond: torch.Tensor, uncond: Uncond, scale: float) -> EpsFn:
@@ -38,7 +40,7 @@ def guided(model_eps: CondEpsFn, cond: torch.Tensor, uncond: Uncond, scale: floa
 
     def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
         B = x.shape[0]
-        both = torch.cat([_batch(uncond_at(t), B), _batch(cond, B)])  # (2B, L, D)
+        both = torch.cat([tile(uncond_at(t), B), tile(cond, B)])  # (2B, L, D): [uncond rows, cond rows]
         eps_u, eps_c = model_eps(torch.cat([x, x]), t, both).chunk(2)
         return eps_u + scale * (eps_c - eps_u)
 

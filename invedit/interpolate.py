@@ -22,7 +22,6 @@ import torch
 
 MODES = ("slerp", "lerp")
 SPACINGS = ("even", "uniform")
-NOISE_KEYS = ("y_T",)  # extras that are noises (EDICT's second sequence): mixed like x_T
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
@@ -59,16 +58,15 @@ def mix_noise(a: torch.Tensor, b: torch.Tensor, w: float, mode: str = "slerp", r
 
 
 def mix_extras(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], w: float, mode: str,
-               renormalise: bool) -> dict[str, torch.Tensor]:
-    """Mix the per-method tensors of two inversions: noises like x_T, everything else linearly."""
+               renormalise: bool, noises: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Mix the per-method tensors of two inversions: `noises` (EDICT's y_T) like x_T, the rest linearly."""
     if set(a) != set(b):
         raise ValueError(f"the inversions carry different tensors: {sorted(a)} vs {sorted(b)}")
-    return {k: mix_noise(a[k], b[k], w, mode, renormalise) if k in NOISE_KEYS else lerp(a[k], b[k], w) for k in a}
+    return {k: mix_noise(a[k], b[k], w, mode, renormalise) if k in noises else lerp(a[k], b[k], w) for k in a}
 
 
-def stack_extras(frames: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Batch the extras of several frames along their batch axis (axis 1 for per-step tensors)."""
-    per_step = ("uncond", "offsets")  # null-text (N, 1, L, D), direct (N, 1, C, h, w): batch on axis 1
+def stack_extras(frames: Sequence[Mapping[str, torch.Tensor]], per_step: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Batch the extras of several frames along their batch axis (axis 1 for the `per_step` (N, B, …) ones)."""
     return {k: torch.cat([f[k] for f in frames], 1 if k in per_step else 0) for k in frames[0]}
 
 

@@ -1,33 +1,41 @@
-"""Inversion methods behind one interface: `invert_with(method, …)` and `regenerate(method, …)`.
+"""Inversion methods behind one interface: a registry of plain records, `invert_with` and `replay`.
 
-| method            | inverts at          | replays with                         | network calls per step | exact? |
-|-------------------|---------------------|--------------------------------------|------------------------|--------|
-| `ddim`            | w (plain DDIM)      | guided DDIM                          | 1 (+1 to regenerate)   | no: first-order drift |
-| `fixed-point`     | w, each step solved | guided DDIM                          | ≤ max_iter + 1         | to the residual it reports |
-| `negative-prompt` | 1 (pivot method)    | the source prompt as the negative    | pivot's                | as exact as its pivot at w = 1 |
-| `null-text`       | 1, then optimise ∅  | per-step optimised ∅                 | pivot's + optimisation | to the optimisation's loss |
-| `direct`          | 1 (pivot method)    | guided DDIM + recorded corrections   | pivot's + 1            | yes, by construction |
-| `edict`           | w, coupled (x, y)   | coupled sequences                    | 2                      | yes, to float rounding |
+| method            | inverts at          | replays with                                 | network calls per step | exact? |
+|-------------------|---------------------|----------------------------------------------|------------------------|--------|
+| `ddim`            | w (plain DDIM)      | guided DDIM                                  | 1 (+1 to replay)       | no: first-order drift |
+| `fixed-point`     | w, each step solved | guided DDIM                                  | ≤ max_iter + 1         | to the residual it reports |
+| `negative-prompt` | 1 (pivot method)    | the source prompt as the negative, every row | pivot's                | as exact as its pivot at w = 1 |
+| `null-text`       | 1, then optimise ∅  | per-step optimised ∅, every row              | pivot's + optimisation | to the optimisation's loss |
+| `direct`          | 1 (pivot method)    | guided DDIM, reset onto the pivot each step  | pivot's + 1            | yes: closed loop |
+| `edict`           | w, coupled (x, y)   | coupled sequences                            | 2                      | yes, to float rounding |
 
-Each method returns the tensors its replay needs (`extras`), stored in the inversion file.
+Every method is one `Method` record in `METHODS`; `reconstruct`, `interpolate` and `edit` all go through
+`replay`, which takes a per-step hook `(i, x) -> x` for whatever else changes a trajectory (local blend).
+
+Rows. A replay batch holds R rows per inverted image, laid out prompt-major: `[source rows (P images),
+row 1 (P images), …]`; the first P rows replay the inversion itself (the *source branch*), the others
+(edits) run the same sampler with other conditionings. What a method stores applies to every row, as in
+its paper: null-text's per-step ∅ and negative-prompt's source embedding condition every row; direct
+inversion's correction (Ju et al. 2023) resets the source rows onto the pivot each step and moves every
+other row with them, keeping its own deviation from the source (closed loop, as PnP Inversion's code).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Optional
 
 import torch
 
-from .ddim import StepCallback, sample, step_coefficients
+from .ddim import Hook, StepCallback, compose_hooks, sample, step_coefficients
 from .edict import edict_invert, edict_sample
-from .guidance import CondEpsFn, guided
+from .guidance import CondEpsFn, guided, tile
 from .invert import FixedPointOptions, Trajectory, invert
 from .nulltext import NullTextOptions, null_text_optimise
 from .schedule import Schedule
 
-METHODS = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct", "edict")
 PIVOTS = ("ddim", "fixed-point")
 Progress = Callable[[str, int, int], None]  # (stage, steps done, steps in all)
+Extras = Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,19 @@ class Conditioning:
     """A conditional model and the conditionings of classifier-free guidance."""
 
     model_eps: CondEpsFn
-    cond: torch.Tensor  # (1, L, D) the prompt's embedding
+    cond: torch.Tensor  # (B, L, D) one prompt embedding per row, or (1, L, D) for every row
     uncond: torch.Tensor  # (1, L, D) the negative (usually empty) prompt's embedding
     scale: float  # guidance scale w
+    source: Optional[torch.Tensor] = None  # (1, L, D) the inverted prompt, when `cond` holds other rows too
+    per_step_uncond: Optional[Mapping[int, torch.Tensor]] = None  # timestep → (P, L, D): null-text's ∅_t
 
     def eps_fn(self, scale: Optional[float] = None):
-        return guided(self.model_eps, self.cond, self.uncond, self.scale if scale is None else scale)
+        uncond = self.per_step_uncond.__getitem__ if self.per_step_uncond is not None else self.uncond
+        return guided(self.model_eps, self.cond, uncond, self.scale if scale is None else scale)
+
+    @property
+    def source_cond(self) -> torch.Tensor:
+        return self.cond[:1] if self.source is None else self.source
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,7 @@ class MethodOptions:
 @dataclass(frozen=True)
 class MethodResult:
     x_T: torch.Tensor  # (B, 4, h, w)
-    extras: dict[str, torch.Tensor]  # what `regenerate` needs besides x_T
+    extras: dict[str, torch.Tensor]  # what `replay` needs besides x_T
     residuals: tuple[float, ...]  # per step: the method's own measure of how exact the step is
     network_calls: int
 
@@ -67,40 +82,25 @@ def no_progress(stage: str, done: int, total: int) -> None:
     """The default Progress: report nothing."""
 
 
+# --- inverting ----------------------------------------------------------------------------------------
+def _invert_plain(c: Conditioning, z0, schedule, options: MethodOptions, progress: Progress, name: str) -> MethodResult:
+    traj = invert(c.eps_fn(), z0, schedule, name, options.fixed_point, lambda d, n: progress("invert", d, n))
+    return MethodResult(traj.x_T, {}, traj.residuals, traj.network_calls)
+
+
 def _pivot(c: Conditioning, z0, schedule, options: MethodOptions, progress: Progress) -> Trajectory:
+    """The w = 1 inversion that negative-prompt, null-text and direct start from."""
     return invert(c.eps_fn(1.0), z0, schedule, options.pivot, options.fixed_point,
                   callback=lambda d, n: progress("invert", d, n))
 
 
-def _direct_offsets(c: Conditioning, pivot: Trajectory, schedule: Schedule, progress: Progress) -> torch.Tensor:
-    """Ju et al. 2023 (PnP Inversion), Algorithm 1: the gap between the guided step from the pivot and
-    the pivot's next latent, recorded per step so that replay lands on the pivot exactly."""
-    eps_fn, offsets = c.eps_fn(), []
-    for i in range(schedule.steps):
-        a, b = step_coefficients(*schedule.step_alphas(i))
-        x = pivot.latents[i]
-        offsets.append(pivot.latents[i + 1] - (a * x + b * eps_fn(x, schedule.timesteps[i]).to(x.dtype)))
-        progress("correct", i + 1, schedule.steps)
-    return torch.stack(offsets)  # (N, B, 4, h, w)
-
-
-def invert_with(method: str, c: Conditioning, z0: torch.Tensor, schedule: Schedule,
-                options: MethodOptions = MethodOptions(), progress: Progress = no_progress) -> MethodResult:
-    """Invert z_0 (level N) to x_T (level 0) with `method`; see the table above."""
-    if method not in METHODS:
-        raise ValueError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}")
-    if method in ("ddim", "fixed-point"):
-        traj = invert(c.eps_fn(), z0, schedule, method, options.fixed_point, lambda d, n: progress("invert", d, n))
-        return MethodResult(traj.x_T, {}, traj.residuals, traj.network_calls)
-    if method == "edict":
-        x, y = edict_invert(c.eps_fn(), z0, schedule, options.edict_mix, lambda d, n: progress("invert", d, n))
-        return MethodResult(x, {"y_T": y}, (float("nan"),) * schedule.steps, 2 * schedule.steps)
+def _invert_negative(c, z0, schedule, options, progress) -> MethodResult:
     pivot = _pivot(c, z0, schedule, options, progress)
-    if method == "negative-prompt":
-        return MethodResult(pivot.x_T, {}, pivot.residuals, pivot.network_calls)
-    if method == "direct":
-        offsets = _direct_offsets(c, pivot, schedule, progress)
-        return MethodResult(pivot.x_T, {"offsets": offsets}, pivot.residuals, pivot.network_calls + schedule.steps)
+    return MethodResult(pivot.x_T, {}, pivot.residuals, pivot.network_calls)
+
+
+def _invert_null_text(c, z0, schedule, options, progress) -> MethodResult:
+    pivot = _pivot(c, z0, schedule, options, progress)
     if c.scale == 1.0:  # w = 1 never evaluates the unconditional branch: nothing to optimise
         uncond = c.uncond.expand(z0.shape[0], *c.uncond.shape[1:])
         return MethodResult(pivot.x_T, {"uncond": uncond[None].repeat(schedule.steps, 1, 1, 1)}, pivot.residuals,
@@ -110,32 +110,111 @@ def invert_with(method: str, c: Conditioning, z0: torch.Tensor, schedule: Schedu
     return MethodResult(pivot.x_T, {"uncond": nt.uncond}, nt.losses, pivot.network_calls + nt.network_calls)
 
 
-def replay_conditioning(method: str, c: Conditioning, extras: Mapping[str, torch.Tensor],
-                        schedule: Schedule) -> Conditioning:
-    """The conditioning a method regenerates with (its unconditional branch replaced where it says so)."""
-    if method == "negative-prompt":
-        return Conditioning(c.model_eps, c.cond, c.cond, c.scale)  # Miyake et al. 2023: ∅ := the source prompt
-    if method == "null-text":
-        per_step = dict(zip(schedule.timesteps, extras["uncond"].to(c.cond.device)))
-        return _PerStepUncond(c.model_eps, c.cond, c.uncond, c.scale, per_step)
+def _invert_direct(c, z0, schedule, options, progress) -> MethodResult:
+    """Ju et al. 2023 (PnP Inversion), Algorithm 1: keep the pivot trajectory, and the gap between the guided
+    step from each pivot latent and the next pivot latent (the open-loop correction, used when frames mix)."""
+    pivot = _pivot(c, z0, schedule, options, progress)
+    eps_fn, offsets = c.eps_fn(), []
+    for i in range(schedule.steps):
+        a, b = step_coefficients(*schedule.step_alphas(i))
+        x = pivot.latents[i]
+        offsets.append(pivot.latents[i + 1] - (a * x + b * eps_fn(x, schedule.timesteps[i]).to(x.dtype)))
+        progress("correct", i + 1, schedule.steps)
+    extras = {"offsets": torch.stack(offsets), "pivot": torch.stack(pivot.latents[1:])}  # (N, B, 4, h, w) each
+    return MethodResult(pivot.x_T, extras, pivot.residuals, pivot.network_calls + schedule.steps)
+
+
+def _invert_edict(c, z0, schedule, options, progress) -> MethodResult:
+    x, y = edict_invert(c.eps_fn(), z0, schedule, options.edict_mix, lambda d, n: progress("invert", d, n))
+    return MethodResult(x, {"y_T": y}, (float("nan"),) * schedule.steps, 2 * schedule.steps)
+
+
+# --- replaying ----------------------------------------------------------------------------------------
+def _same(c: Conditioning, extras: Extras, schedule: Schedule) -> Conditioning:
     return c
 
 
+def _negative_uncond(c: Conditioning, extras: Extras, schedule: Schedule) -> Conditioning:
+    return replace(c, uncond=c.source_cond)  # Miyake et al. 2023: ∅ := the source prompt, for every row
+
+
+def _null_text_uncond(c: Conditioning, extras: Extras, schedule: Schedule) -> Conditioning:
+    return replace(c, per_step_uncond=dict(zip(schedule.timesteps, extras["uncond"].to(c.cond.device))))
+
+
+def _no_hook(extras: Extras) -> Optional[Hook]:
+    return None
+
+
+def _direct_hook(extras: Extras) -> Optional[Hook]:
+    """Closed loop when the pivot is stored: source rows := pivot_{i+1}, every other row keeps its deviation
+    from the source rows' step. Open loop (the recorded offsets added) for mixed frames that have no pivot."""
+    if "pivot" not in extras:
+        offsets = extras["offsets"]
+        return lambda i, x: x + tile(offsets[i].to(x.device, x.dtype), x.shape[0])
+
+    pivot = extras["pivot"]
+
+    def reset(i: int, x: torch.Tensor) -> torch.Tensor:
+        p = pivot[i].to(x.device, x.dtype)  # (P, 4, h, w)
+        rows = x.view(-1, *p.shape)  # (R, P, 4, h, w), prompt-major
+        return (p + (rows - rows[:1])).view_as(x)  # row 0: exactly the pivot
+
+    return reset
+
+
 @dataclass(frozen=True)
-class _PerStepUncond(Conditioning):
-    per_step: Mapping[int, torch.Tensor] = field(default_factory=dict)  # timestep → (B, L, D)
+class Method:
+    """One inversion method: how it inverts, what it stores, how it replays."""
 
-    def eps_fn(self, scale: Optional[float] = None):
-        return guided(self.model_eps, self.cond, self.per_step.__getitem__, self.scale if scale is None else scale)
+    name: str
+    invert: Callable[..., MethodResult]  # (c, z0, schedule, options, progress) -> MethodResult
+    calls_per_step: str  # network calls per step of the inversion, for help texts and reports
+    conditioning: Callable[[Conditioning, Extras, Schedule], Conditioning] = _same  # the replay's conditioning
+    hook: Callable[[Extras], Optional[Hook]] = _no_hook  # what corrects the replay after each step
+    coupled: bool = False  # EDICT: replays two coupled sequences (x, y_T in extras)
+    per_step: tuple[str, ...] = ()  # extras shaped (N, P, …): batched along axis 1
+    noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
+    anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
 
 
-def regenerate(method: str, c: Conditioning, x_T: torch.Tensor, extras: Mapping[str, torch.Tensor],
-               schedule: Schedule, options: MethodOptions = MethodOptions(),
-               callback: Optional[StepCallback] = None) -> torch.Tensor:
-    """Run the schedule forwards from x_T the way `method` replays its inversion; returns ẑ_0."""
-    if method == "edict":
-        x, _ = edict_sample(c.eps_fn(), x_T, extras["y_T"].to(x_T.device), schedule, options.edict_mix, callback)
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("ddim", lambda *a: _invert_plain(*a, name="ddim"), "1"),
+    Method("fixed-point", lambda *a: _invert_plain(*a, name="fixed-point"), "≤ max_iter + 1"),
+    Method("negative-prompt", _invert_negative, "the pivot's", conditioning=_negative_uncond),
+    Method("null-text", _invert_null_text, "the pivot's + ≤ null_text_steps + 2", conditioning=_null_text_uncond,
+           per_step=("uncond",)),
+    Method("direct", _invert_direct, "the pivot's + 1", hook=_direct_hook, per_step=("offsets", "pivot"),
+           anchors=("pivot",)),
+    Method("edict", _invert_edict, "2", coupled=True, noises=("y_T",)),
+)}
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown inversion method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def invert_with(name: str, c: Conditioning, z0: torch.Tensor, schedule: Schedule,
+                options: MethodOptions = MethodOptions(), progress: Progress = no_progress) -> MethodResult:
+    """Invert z_0 (level N) to x_T (level 0) with method `name`; see the table above."""
+    return method(name).invert(c, z0, schedule, options, progress)
+
+
+def replay(name: str, c: Conditioning, x_T: torch.Tensor, extras: Extras, schedule: Schedule,
+           options: MethodOptions = MethodOptions(), *, hook: Optional[Hook] = None,
+           callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Run the schedule forwards from x_T (R·P rows, prompt-major) the way method `name` replays; returns ẑ_0.
+
+    `extras` are the method's tensors for the P inverted images; they apply to every row (see the module
+    docstring). `hook(i, x)` runs after the method's own correction of step i.
+    """
+    m = method(name)
+    c = m.conditioning(c, extras, schedule)
+    hook = compose_hooks(m.hook(extras), hook)
+    if m.coupled:
+        y_T = tile(extras["y_T"].to(x_T.device), x_T.shape[0])
+        x, _ = edict_sample(c.eps_fn(), x_T, y_T, schedule, options.edict_mix, callback, hook)
         return x
-    c = replay_conditioning(method, c, extras, schedule)
-    offsets = extras.get("offsets") if method == "direct" else None
-    return sample(c.eps_fn(), x_T, schedule, callback=callback, offsets=offsets)
+    return sample(c.eps_fn(), x_T, schedule, callback=callback, hook=hook)

@@ -26,7 +26,7 @@ from .api import (InveditError, InversionSettings, Progress, conditioning_for, i
 from .interpolate import MODES, SPACINGS, consecutive_distances, lerp, mix_extras, mix_noise, rms_distance, spread, \
     stack_extras, uniform_weights
 from .io import contact_sheet, save_gif, save_image, save_mp4, to_uint8, write_text
-from .methods import Conditioning, no_progress, regenerate
+from .methods import Conditioning, method, no_progress, replay
 from .report import image_metrics, jsonable
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches
 
@@ -94,7 +94,9 @@ class _Segment:
         self.ca = conditioning_for(model, a.prompt, a.negative_prompt, a.guidance)
         self.cb = conditioning_for(model, b.prompt, b.negative_prompt, b.guidance)
         self.box = prepared_from(a).content
-        self.extras = [{k: v.to(model.device) for k, v in inv.extras.items() if k != "input"} for inv in (a, b)]
+        self.method = method(a.method)
+        self.extras = [{k: v.to(model.device) for k, v in inv.extras.items() if k not in self.method.anchors}
+                       for inv in (a, b)]
         self.calls = 0
 
     def _batch(self, weights: Sequence[float]) -> list[np.ndarray]:
@@ -102,10 +104,12 @@ class _Segment:
         x_T = torch.cat([mix_noise(a.x_T, b.x_T, w, s.mode, s.renormalise) for w in weights]).to(dev)
         cond = torch.cat([lerp(self.ca.cond, self.cb.cond, w) for w in weights])
         uncond = torch.cat([lerp(self.ca.uncond, self.cb.uncond, w) for w in weights])
-        extras = stack_extras([mix_extras(*self.extras, w, s.mode, s.renormalise) for w in weights])
+        m = self.method
+        extras = stack_extras([mix_extras(*self.extras, w, s.mode, s.renormalise, m.noises) for w in weights],
+                              m.per_step)
         c = Conditioning(self.model.eps, cond, uncond, a.guidance)
-        z = regenerate(a.method, c, x_T, extras, a.schedule, replay_options(a))
-        self.calls += a.schedule.steps * (2 if a.method == "edict" else 1)
+        z = replay(a.method, c, x_T, extras, a.schedule, replay_options(a))
+        self.calls += a.schedule.steps * (2 if m.coupled else 1)
         return [to_uint8(p) for p in self.box(self.model.decode(z))]
 
     def render(self, weights: Sequence[float]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -41,6 +41,7 @@ class Inversion:
     stats: Mapping[str, Any] = field(default_factory=dict)  # residuals, network calls, seconds
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)  # per-step tensors of the method
     negative_prompt: str = ""
+    pixels: Optional[torch.Tensor] = None  # (B, 3, H, W) uint8: the input exactly as the VAE saw it
 
     def metadata(self) -> dict[str, Any]:
         return {"format": FORMAT, "method": self.method, "prompt": self.prompt,
@@ -54,6 +55,8 @@ def save_inversion(path: str | os.PathLike, inv: Inversion) -> Path:
 
     tensors = {"x_T": inv.x_T.detach().float().cpu().contiguous(), "z0": inv.z0.detach().float().cpu().contiguous()}
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in inv.extras.items()})
+    if inv.pixels is not None:
+        tensors["input"] = inv.pixels.detach().cpu().contiguous()
     meta = {"invedit": json.dumps(inv.metadata(), default=str)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -76,9 +79,10 @@ def load_inversion(path: str | os.PathLike) -> Inversion:
     if meta.get("format") != FORMAT:
         raise InversionFileError(f"{name}: format {meta.get('format')!r} is not {FORMAT!r}")
     extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    pixels = tensors.get("input", extras.pop("input", None))  # files before 0.2 kept the input among the extras
     return Inversion(tensors["x_T"], tensors["z0"], Schedule.from_dict(meta["schedule"]), meta["method"],
                      meta["prompt"], float(meta["guidance"]), meta["model"], meta.get("image", {}),
-                     meta.get("stats", {}), extras, meta.get("negative_prompt", ""))
+                     meta.get("stats", {}), extras, meta.get("negative_prompt", ""), pixels)
 
 
 def mismatches(inv: Inversion, model_info: Mapping[str, Any], schedule: Schedule | None = None) -> list[str]:

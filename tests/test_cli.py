@@ -134,4 +134,4 @@ def test_cli_method_choices_match_the_library():
     from invedit.cli import METHOD_CHOICES
     from invedit.methods import METHODS
 
-    assert METHOD_CHOICES == METHODS
+    assert METHOD_CHOICES == tuple(METHODS)

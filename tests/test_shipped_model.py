@@ -8,7 +8,7 @@ from invedit import api, shapes
 from invedit.ddim import sample
 from invedit.io import load_image, prepare, to_uint8
 from invedit.judge import judge
-from invedit.methods import METHODS, Conditioning, MethodOptions, invert_with, regenerate
+from invedit.methods import METHODS, Conditioning, MethodOptions, invert_with, replay
 from invedit.nulltext import NullTextOptions
 from invedit.report import image_metrics, to_unit
 from invedit.schedule import Schedule
@@ -88,7 +88,7 @@ def _round_trip(model, z0, prompt, method, guidance, steps=50, options=MethodOpt
         cond, uncond = model.encode_text([prompt, ""]).chunk(2)
         c = Conditioning(model.eps, cond, uncond, guidance)
         result = invert_with(method, c, z0, schedule, options)
-        z_hat = regenerate(method, c, result.x_T, result.extras, schedule, options)
+        z_hat = replay(method, c, result.x_T, result.extras, schedule, options)
         return result, z_hat, model.decode(z_hat), model.decode(z0)
 
 
@@ -193,7 +193,7 @@ def test_null_text_keeps_one_embedding_per_image_of_a_batch(model):
     for method in ("ddim", "null-text"):
         with torch.no_grad():
             result = invert_with(method, c, z0, schedule, options)
-            z_hat = regenerate(method, c, result.x_T, result.extras, schedule, options)
+            z_hat = replay(method, c, result.x_T, result.extras, schedule, options)
         errors[method] = ((z_hat - z0).flatten(1).norm(dim=1) / z0.flatten(1).norm(dim=1)).tolist()
         if method == "null-text":
             assert result.extras["uncond"].shape == (10, 2, 77, cond.shape[-1])
