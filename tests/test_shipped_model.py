@@ -199,3 +199,19 @@ def test_null_text_keeps_one_embedding_per_image_of_a_batch(model):
             assert result.extras["uncond"].shape == (10, 2, 77, cond.shape[-1])
             assert not torch.equal(result.extras["uncond"][:, 0], result.extras["uncond"][:, 1])
     assert all(n < d for n, d in zip(errors["null-text"], errors["ddim"])), errors
+
+
+@pytest.mark.parametrize("guidance", [7.5, 15.0])
+def test_direct_inversion_replays_a_photo_closed_loop_under_strong_guidance(model, guidance):
+    """Direct inversion's replay is reset onto its pivot every step (PnP Inversion), so float rounding cannot
+    grow under guidance: the reconstruction is the pivot's clean end, bit for bit, where the open-loop replay
+    (the recorded offsets added, as frames that mix two inversions do) is not."""
+    inv = api.invert_image(model, PHOTO, "a photo", api.InversionSettings(steps=50, method="direct",
+                                                                          guidance=guidance)).inversion
+    c = api.conditioning_for(model, inv.prompt, "", guidance)
+    with torch.no_grad():
+        closed = replay("direct", c, inv.x_T, inv.extras, inv.schedule)
+        open_loop = replay("direct", c, inv.x_T, {"offsets": inv.extras["offsets"]}, inv.schedule)
+    assert torch.equal(closed, inv.z0)
+    assert not torch.equal(open_loop, inv.z0)
+    assert api.reconstruct(model, inv).report["metrics"]["reconstruction_vs_vae"]["psnr"] == float("inf")
