@@ -125,6 +125,7 @@ class Model:
         self.native_size = (sample_size if isinstance(sample_size, int) else max(sample_size)) * self.vae_scale_factor
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.fingerprint = self._fingerprint()
+        self.controlled = False  # set by attention.attention_control while a controller is installed
 
     def _fingerprint(self) -> str:
         """A short hash of the configs and a slice of the weights: tells models apart even under one name.
@@ -144,8 +145,9 @@ class Model:
     def eps(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         """ε(x, t | cond) in float32 for latents x (B, 4, h, w) and text embeddings cond (B, L, D)."""
         timestep = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        extra = {"cross_attention_kwargs": {"timestep": int(t)}} if self.controlled else {}
         out = self.unet(x.to(self.device, self.dtype), timestep, encoder_hidden_states=cond.to(self.device, self.dtype),
-                        return_dict=False)[0]
+                        return_dict=False, **extra)[0]
         return to_epsilon(out.float(), x.float(), float(self.alphas_cumprod[int(t)]), self.prediction_type)
 
     @torch.no_grad()
@@ -157,6 +159,23 @@ class Model:
 
     def token_count(self, prompt: str) -> int:
         return len(self.tokenizer(prompt).input_ids)
+
+    def token_ids(self, prompt: str) -> list[int]:
+        """The prompt's token ids as the text encoder sees them (start and end tokens included, truncated)."""
+        return list(self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids)
+
+    def word_positions(self, prompt: str, word: str) -> list[int]:
+        """Token positions of every occurrence of `word` (a whole word, case-insensitive) in `prompt`, as
+        P2P's `get_word_inds` finds them: the prompt split at spaces, each piece tokenized alone."""
+        positions, cursor = [], 1  # position 0 is the start token
+        for piece in prompt.split():
+            n = len(self.tokenizer(piece, add_special_tokens=False).input_ids)
+            bare = piece.strip(".,;:!?\"'")
+            if bare.lower() == word.lower():  # the word's own tokens, not the punctuation around it
+                start = cursor + len(self.tokenizer(piece[:piece.find(bare)], add_special_tokens=False).input_ids)
+                positions += range(start, start + len(self.tokenizer(bare, add_special_tokens=False).input_ids))
+            cursor += n
+        return [p for p in positions if p < self.tokenizer.model_max_length - 1]
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
