@@ -19,6 +19,7 @@ from . import __version__
 from .ddim import sample
 from .invert import FixedPointOptions
 from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, no_progress, replay
+from .edit import EditSettings
 from .nulltext import NullTextOptions
 from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
@@ -289,5 +290,17 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
     return SampleResult(images, z.cpu(), settings, paths)
 
 
-__all__ = ["InveditError", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
+def edit(model, image_or_inversion, source: Optional[str], targets, settings: "EditSettings" = EditSettings(),
+         inversion: InversionSettings = InversionSettings(guidance=7.5), out: Optional[str | os.PathLike] = None,
+         max_side: Optional[int] = None, fit: str = "pad", progress: Progress = no_progress):
+    """Edit a photo (or a saved inversion made with `source`) into each target prompt; see `editor.edit`.
+
+    Returns an `editor.EditResult`: the edited images, the source branch's reconstruction, and the report.
+    """
+    from .editor import edit as run_edit
+
+    return run_edit(model, image_or_inversion, source, targets, inversion, settings, out, max_side, fit, progress)
+
+
+__all__ = ["InveditError", "EditSettings", "edit", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
            "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "reconstruct", "roundtrip", "generate", "prepare"]

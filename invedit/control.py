@@ -12,8 +12,9 @@ under guidance (w ≠ 1), or `[cond rows]` at w = 1: that order is this module's
   take the source row's maps (P2P's `replace_self_attention`, 16² on SD);
 - re-weighting (P2P's AttentionReweight): a target row's attention to chosen tokens is scaled;
 - local blend (P2P's LocalBlend): a mask from the summed cross-attention of chosen words, max-pooled
-  (dilated), normalised to its peak and thresholded; outside it a target row's latent is the source
-  row's. `blend_mask` and `local_blend` are the two halves; the edit runs them as a step hook.
+  (dilated), normalised to its peak and thresholded, less the mask of words to keep (the null-text
+  notebook's `substruct_words`); outside it a target row's latent is the source row's. `blend_mask` and
+  `local_blend` are the two halves; the edit runs them as a step hook.
 
 Controllers are keyed on the timestep, never on a call counter: fixed-point calls the network many times
 per step, EDICT twice, so a counter would drift. Calls at a timestep that is not in the schedule (or with
@@ -162,20 +163,32 @@ class EditController:
 
 
 # --- local blend -----------------------------------------------------------------------------------------
-def blend_mask(maps: torch.Tensor, words: torch.Tensor, latent_hw: tuple[int, int], threshold: float = 0.3,
-               dilate: int = 1) -> torch.Tensor:
-    """P2P's LocalBlend mask, (R, 1, h, w) in {0, 1}: row k is the union of the source's and target k's masks.
+def word_mask(maps: torch.Tensor, words: torch.Tensor, latent_hw: tuple[int, int], threshold: float = 0.3,
+              dilate: int = 1) -> torch.Tensor:
+    """P2P's LocalBlend mask, (R, 1, h, w) in {0, 1}: row k is the union of the source's and row k's masks.
 
-    `maps` (R, L, h', w') are summed cross-attention maps, `words` (R, L) weighs the blend words' tokens in
+    `maps` (R, L, h', w') are summed cross-attention maps, `words` (R, L) weighs the chosen words' tokens in
     each row's prompt; each row's word map is max-pooled over (2·dilate + 1)² cells, resized to the latent,
-    normalised to its peak and thresholded."""
+    normalised to its peak and thresholded. A row without any of the words has an empty mask of its own."""
     m = (maps * words[:, :, None, None].to(maps.dtype)).sum(1, keepdim=True)  # (R, 1, h', w')
     if dilate > 0:
         m = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
     m = F.interpolate(m, size=latent_hw, mode="nearest")
     m = m / m.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
     mask = (m > threshold).float()
-    return torch.maximum(mask[:1], mask)  # row 0 keeps its own mask (unused: the source is never blended)
+    return torch.maximum(mask[:1], mask)
+
+
+def blend_mask(maps: torch.Tensor, blend: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+               latent_hw: tuple[int, int], threshold: float = 0.3, dilate: int = 1) -> torch.Tensor:
+    """Where each row may differ from the source, (R, 1, h, w): the blend words' mask (everywhere when no blend
+    words are given) less the keep words' mask (P2P's `substruct_words`, null-text notebook)."""
+    R = maps.shape[0]
+    mask = torch.ones(R, 1, *latent_hw, device=maps.device) if blend is None else \
+        word_mask(maps, blend, latent_hw, threshold, dilate)
+    if keep is not None:
+        mask = mask * (1 - word_mask(maps, keep, latent_hw, threshold, dilate))
+    return mask
 
 
 def local_blend(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

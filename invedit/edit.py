@@ -27,6 +27,7 @@ class EditSettings:
     cross_replace: float = 0.8  # fraction of steps (from the noisy end) whose cross-attention maps are injected
     self_replace: float = 0.4  # fraction of steps whose self-attention maps are injected
     blend: tuple[str, ...] = ()  # local blend words: outside their attention mask a target keeps the source latent
+    keep: tuple[str, ...] = ()  # words whose attention mask is kept from the source (alone: blend everywhere else)
     blend_threshold: float = 0.3  # mask = normalised word attention above this (P2P's LocalBlend)
     blend_dilate: int = 1  # max-pool radius of the mask, in attention cells (P2P: 1)
     blend_start: float = 0.2  # fraction of steps before blending starts (P2P's null-text notebook: 0.2)
@@ -124,8 +125,9 @@ class _Hook:
     """strength, then local blend, after each step; remembers the last blend mask."""
 
     def __init__(self, controller: EditController, schedule: Schedule, settings: EditSettings,
-                 words: Optional[torch.Tensor], latent_hw: tuple[int, int]):
-        self.controller, self.schedule, self.s, self.words, self.hw = controller, schedule, settings, words, latent_hw
+                 blend: Optional[torch.Tensor], keep: Optional[torch.Tensor], latent_hw: tuple[int, int]):
+        self.controller, self.schedule, self.s, self.hw = controller, schedule, settings, latent_hw
+        self.blend, self.keep = blend, keep
         N = schedule.steps
         self.follow_until = round((1 - settings.strength) * N)  # targets := source after steps i < this
         self.blend_from = round(settings.blend_start * N)
@@ -134,12 +136,14 @@ class _Hook:
     def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if i < self.follow_until:
             return x[:1].expand_as(x).clone()
-        if self.words is None or i < self.blend_from:
+        if (self.blend is None and self.keep is None) or i < self.blend_from:
             return x
         maps = self.controller.store.summed(self.schedule.timesteps[:i + 1], self.hw)
         if maps is None:
             return x
-        self.mask = blend_mask(maps, self.words.to(maps.device), self.hw, self.s.blend_threshold, self.s.blend_dilate)
+        on = lambda w: None if w is None else w.to(maps.device)  # noqa: E731
+        self.mask = blend_mask(maps, on(self.blend), on(self.keep), self.hw, self.s.blend_threshold,
+                               self.s.blend_dilate)
         return local_blend(x, self.mask)
 
 
@@ -161,10 +165,11 @@ def edit_latents(model, inversion: Inversion, targets: Sequence[str], settings: 
     prompts = [inversion.prompt, *targets]
     R, schedule = len(prompts), inversion.schedule
     plan = make_plan(model, prompts, schedule, settings)
-    words = word_weights(model, prompts, settings.blend, "blend") if settings.blend else None
+    blend = word_weights(model, prompts, settings.blend, "blend") if settings.blend else None
+    keep = word_weights(model, prompts, settings.keep, "keep") if settings.keep else None
     controller = EditController(plan)
     hw = tuple(inversion.x_T.shape[-2:])
-    hook = _Hook(controller, schedule, settings, words, hw)
+    hook = _Hook(controller, schedule, settings, blend, keep, hw)
     calls = [0]
     with torch.no_grad():
         emb = model.encode_text(prompts)  # (R, L, D)

@@ -43,6 +43,24 @@ def image_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"psnr": psnr, "ssim": ssim, "mse": mse}
 
 
+def region_metrics(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """PSNR (dB), SSIM and MSE between two (H, W, 3) images in [0, 1] over the pixels where `region` (H, W) is
+    true; SSIM is the mean of its full map over the region. An empty region gives NaNs."""
+    region = region.astype(bool)
+    if not region.any():
+        return {"psnr": float("nan"), "ssim": float("nan"), "mse": float("nan"), "pixels": 0}
+    mse = float(np.mean((a[region] - b[region]) ** 2))
+    psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    side = min(a.shape[:2])
+    win = min(7, side if side % 2 else side - 1)
+    ssim = float("nan")
+    if win >= 3:
+        _, full = structural_similarity(a, b, channel_axis=-1, win_size=win if side < 11 else None, full=True,
+                                        **SSIM_SETTINGS)
+        ssim = float(full.mean(axis=2)[region].mean())
+    return {"psnr": psnr, "ssim": ssim, "mse": mse, "pixels": int(region.sum())}
+
+
 def reconstruction_metrics(original: torch.Tensor, vae: torch.Tensor, recon: torch.Tensor) -> dict[str, Any]:
     """The three comparisons for (3, H, W) tensors in [-1, 1]."""
     o, v, r = to_unit(original), to_unit(vae), to_unit(recon)
