@@ -1,0 +1,215 @@
+"""Prompt edits (issue 9): the controllers, the edit batch on the shipped model, and the `edit` command.
+
+The shipped shapes model gives ground truth: rendered scenes (never generated ones) and a judge that reads
+shape, colour and background back from the pixels.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from invedit import api, shapes
+from invedit.cli import main
+from invedit.control import EditController, EditPlan, align_tokens, refine_mapper
+from invedit.edit import EditSettings, edit_latents
+from invedit.io import prepare
+from invedit.methods import METHODS, replay
+from invedit.model.attention import ControlledAttnProcessor, attention_control
+
+pytestmark = pytest.mark.skipif(not (api.DEFAULT_MODEL / "model_index.json").is_file(), reason="no shipped model")
+SOURCE = "a red circle on a blue background"
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def model():
+    return api.load(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    scene = shapes.Scene("circle", "red", "blue", (0.5, 0.45), 0.55, 0.0)
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    Image.fromarray(shapes.render(scene, 64)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inversions(model, scene_file):
+    prepared = prepare(Image.open(scene_file), model.multiple, 64)
+    return {m: api.invert_prepared(model, prepared, SOURCE, api.InversionSettings(steps=STEPS, method=m,
+                                                                                   guidance=7.5))[0]
+            for m in METHODS}
+
+
+# --- token alignment -------------------------------------------------------------------------------------
+def test_alignment_of_tokenised_prompts_marks_added_words_and_keeps_the_rest(model):
+    source = model.token_ids(SOURCE)
+    target = model.token_ids("a big red circle on a blue background")
+    mapping = align_tokens(source, target)
+    big = model.word_positions("a big red circle on a blue background", "big")
+    assert [mapping[j] for j in big] == [-1] * len(big)
+    kept = [j for j in range(len(target)) if j not in big]
+    assert [source[mapping[j]] for j in kept] == [target[j] for j in kept]  # every other token finds itself
+    assert mapping[-1] == len(source) - 1  # the end tokens align
+
+
+def test_alignment_of_a_removed_word_skips_it_in_the_source(model):
+    source = model.token_ids("a red circle on a blue background")
+    target = model.token_ids("a circle on a blue background")
+    mapping = align_tokens(source, target)
+    red = model.word_positions("a red circle on a blue background", "red")[0]
+    assert red not in mapping and mapping == [j if j < red else j + 1 for j in range(len(target))]
+
+
+def test_refine_mapper_sends_padding_to_padding():
+    mapper, alphas = refine_mapper([0, 5, 6, 1], [0, 5, 9, 6, 1], 10)
+    assert mapper.tolist()[:5] == [0, 1, 0, 2, 3] and alphas.tolist()[:5] == [1, 1, 0, 1, 1]
+    assert mapper.tolist()[5:] == [4, 5, 6, 7, 8] and alphas[5:].eq(1).all()
+
+
+# --- the batch ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["ddim", "fixed-point", "edict", "direct", "negative-prompt", "null-text"])
+def test_a_target_equal_to_the_source_reproduces_the_reconstruction(model, inversions, method):
+    """Bit for bit against the source branch of the same batch; against `reconstruct` (which runs the UNet's
+    fused attention, not the explicit softmax that control needs) to float rounding."""
+    inv = inversions[method]
+    run = edit_latents(model, inv, [SOURCE], EditSettings(blend=("circle",)))
+    assert torch.equal(run.latents[1], run.latents[0])
+    with torch.no_grad():
+        plain = replay(method, api.conditioning_for(model, SOURCE, "", 7.5), inv.x_T, inv.extras, inv.schedule)
+    assert torch.allclose(run.latents[:1], plain, atol=1e-4), (run.latents[:1] - plain).abs().max()
+
+
+def test_direct_source_branch_is_the_inversion_exactly(model, inversions):
+    inv = inversions["direct"]
+    run = edit_latents(model, inv, ["a green circle on a blue background"])
+    assert torch.equal(run.latents[0], inv.z0[0])
+
+
+def test_several_targets_in_one_batch_equal_one_at_a_time(model, inversions):
+    targets = ["a green circle on a blue background", "a red square on a blue background"]
+    inv = inversions["direct"]
+    together = edit_latents(model, inv, targets, EditSettings(blend=("circle",)))
+    for k, target in enumerate(targets):
+        alone = edit_latents(model, inv, [target], EditSettings(blend=("circle",)))
+        assert torch.allclose(together.latents[k + 1], alone.latents[1], atol=1e-4)
+        assert torch.equal(together.mask[k], alone.mask[0])
+    assert together.network_calls == alone.network_calls == STEPS  # one batch: more rows, not more calls
+
+
+def test_processors_are_restored_after_an_exception_mid_edit(model, inversions):
+    before = {k: type(v) for k, v in model.unet.attn_processors.items()}
+
+    class Boom(RuntimeError):
+        pass
+
+    def failing(probs, place, is_cross, t):
+        if t == inversions["ddim"].schedule.timesteps[3]:
+            raise Boom()
+        return probs
+
+    with pytest.raises(Boom):
+        with attention_control(model, failing):
+            assert all(isinstance(p, ControlledAttnProcessor) for p in model.unet.attn_processors.values())
+            c = api.conditioning_for(model, SOURCE, "", 7.5)
+            inv = inversions["ddim"]
+            with torch.no_grad():
+                replay("ddim", c, inv.x_T, {}, inv.schedule)  # the UNet raises inside the controller
+    assert {k: type(v) for k, v in model.unet.attn_processors.items()} == before
+    assert not model.controlled
+    assert not any(isinstance(p, ControlledAttnProcessor) for p in model.unet.attn_processors.values())
+
+
+def _attention_share(model, inv, target, word, settings):
+    """Mean share of the word's tokens in the target row's cross-attention, as the UNet used it (after control)."""
+    shares = []
+    positions = model.word_positions(target, word)
+
+    import invedit.edit as edit_module
+
+    original = edit_module.EditController.__call__
+
+    def recording(self, probs, place, is_cross, t):
+        out = original(self, probs, place, is_cross, t)
+        if is_cross and out.shape[0] == 4:  # [uncond source, uncond target, cond source, cond target]
+            shares.append(float(out[3][..., positions].sum(-1).mean()))
+        return out
+
+    edit_module.EditController.__call__ = recording
+    try:
+        edit_latents(model, inv, [target], settings)
+    finally:
+        edit_module.EditController.__call__ = original
+    return float(np.mean(shares))
+
+
+def test_reweighting_a_word_moves_its_attention_share_the_way_asked(model, inversions):
+    inv, target = inversions["direct"], "a green circle on a blue background"
+    base = _attention_share(model, inv, target, "green", EditSettings())
+    more = _attention_share(model, inv, target, "green", EditSettings(reweight=(("green", 2.0),)))
+    less = _attention_share(model, inv, target, "green", EditSettings(reweight=(("green", 0.25),)))
+    assert less < base < more
+    assert more == pytest.approx(2 * base, rel=0.05) and less == pytest.approx(0.25 * base, rel=0.05)
+
+
+def test_controller_ignores_calls_outside_the_schedule():
+    plan = EditPlan(rows=2, steps={981: 0}, cross_until=1, self_until=1, mode="replace",
+                    mapper=torch.arange(4)[None], alphas=torch.ones(1, 4))
+    probs = torch.rand(4, 2, 16, 4)
+    assert EditController(plan)(probs, "x", True, 1) is probs  # an unknown timestep
+    assert EditController(plan)(torch.rand(3, 2, 16, 4), "x", True, 981).shape == (3, 2, 16, 4)
+    edited = EditController(plan)(probs, "x", True, 981)
+    assert torch.equal(edited[3], probs[2]) and torch.equal(edited[:3], probs[:3])  # cond target := cond source
+
+
+# --- the command ------------------------------------------------------------------------------------------
+@pytest.fixture
+def run():
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_edit_command_writes_images_pictures_and_a_report(run, scene_file, tmp_path):
+    out = tmp_path / "edit"
+    result = run("edit", scene_file, "-s", SOURCE, "-t", "a green circle on a blue background", "-t",
+                 "a red circle on a yellow background", "--steps", STEPS, "--blend", "circle", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scene.attention.png", "scene.edit-1.png", "scene.edit-2.png", "scene.edit-compare.png", "scene.edit-recon.png",
+        "scene.edit.json", "scene.inversion.safetensors"]
+    assert [e["image"] for e in report["edits"]] == [str(out / "scene.edit-1.png"), str(out / "scene.edit-2.png")]
+    assert report["network_calls"]["edit"] == STEPS and report["mode"] == "replace"
+    assert Image.open(out / "scene.edit-1.png").size == (64, 64)
+    again = run("edit", out / "scene.inversion.safetensors", "-t", "a red star on a blue background", "--out",
+                tmp_path / "again")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / "scene.edit.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-t", "a red big circle on a blue background", "--mode", "replace"], "--mode replace"),
+    (["-t", "a green circle on a blue background", "--blend", "square"], "blend word 'square'"),
+    (["-t", "a green circle on a blue background", "--reweight", "red"], "WORD=SCALE"),
+    (["-t", "a green circle on a blue background", "--cross-replace", "1.5"], "1.5"),
+])
+def test_bad_edit_options_fail_clearly_and_write_nothing(run, scene_file, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["edit", str(scene_file), "-s", SOURCE, "--steps", "4", "--out", str(out),
+                                       *args])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_an_inversion_made_with_another_prompt_is_refused(run, scene_file, tmp_path):
+    assert run("invert", scene_file, "-p", SOURCE, "--steps", 4, "--method", "ddim", "--out", tmp_path).exit_code == 0
+    out = tmp_path / "edit"
+    result = CliRunner().invoke(main, ["edit", str(tmp_path / "scene.inversion.safetensors"), "-s",
+                                       "a red square on a blue background", "-t", "a green square on a blue background",
+                                       "--out", str(out)])
+    assert result.exit_code != 0 and "was inverted with the prompt" in result.output
+    assert not out.exists()
