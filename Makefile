@@ -1,5 +1,5 @@
 # invedit: the two commands a newcomer needs (README.md).
-#   make demo   install, then invert and reconstruct a photo with the model that ships in assets/
+#   make demo   install, then edit a shapes-world scene and reconstruct a photo with the model that ships in assets/
 #   make test   install, then run the test suite (what CI runs)
 PYTHON ?= python3
 export OMP_NUM_THREADS ?= 2
@@ -19,6 +19,8 @@ test-all: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q --runslow
 
 demo: install
+	$(PYTHON) -m invedit edit assets/scenes/yellow-star.png --source "a yellow star on a blue background" \
+		--target "a red star on a blue background" --target "a yellow star on a white background" --out runs/demo
 	$(PYTHON) -m invedit roundtrip assets/photos/astronaut.png --prompt "a photo" --out runs/demo
 
 bench: install

@@ -6,6 +6,7 @@ not converge, a prompt that was truncated) come back in the results for the call
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -47,6 +48,9 @@ class InversionSettings:
     edict_mix: float = 0.93  # edict: mixing weight p
 
     def __post_init__(self) -> None:
+        for name in ("guidance", "tol", "null_text_lr", "edict_mix"):
+            if not math.isfinite(getattr(self, name)):
+                raise InveditError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.method not in METHODS:
             raise InveditError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.steps < 1:
@@ -266,6 +270,8 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
              out: Optional[str | os.PathLike] = None, progress: Progress = no_progress) -> SampleResult:
     """Plain DDIM generation from seeded noise (drawn on the CPU, so a seed gives the same noise everywhere)."""
     size = size or model.native_size
+    if not (math.isfinite(guidance) and math.isfinite(eta)):
+        raise InveditError(f"guidance and eta must be finite numbers, got {guidance} and {eta}")
     if size % model.multiple:
         raise InveditError(f"size {size} is not a multiple of {model.multiple}, which this model needs")
     g = torch.Generator().manual_seed(seed)

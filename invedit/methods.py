@@ -176,6 +176,7 @@ class Method:
     per_step: tuple[str, ...] = ()  # extras shaped (N, P, …): batched along axis 1
     noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
     anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
+    requires: tuple[str, ...] = ()  # extras a replay cannot do without
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -183,10 +184,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fixed-point", lambda *a: _invert_plain(*a, name="fixed-point"), "≤ max_iter + 1"),
     Method("negative-prompt", _invert_negative, "the pivot's", conditioning=_negative_uncond),
     Method("null-text", _invert_null_text, "the pivot's + ≤ null_text_steps + 2", conditioning=_null_text_uncond,
-           per_step=("uncond",)),
+           per_step=("uncond",), requires=("uncond",)),
     Method("direct", _invert_direct, "the pivot's + 1", hook=_direct_hook, per_step=("offsets", "pivot"),
-           anchors=("pivot",)),
-    Method("edict", _invert_edict, "2", coupled=True, noises=("y_T",)),
+           anchors=("pivot",), requires=("offsets",)),
+    Method("edict", _invert_edict, "2", coupled=True, noises=("y_T",), requires=("y_T",)),
 )}
 
 

@@ -8,6 +8,7 @@ Loading against a model says exactly what differs when they do not match.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,14 +76,96 @@ def load_inversion(path: str | os.PathLike) -> Inversion:
         raise InversionFileError(f"{name}: not a readable safetensors file ({exc})") from None
     if raw is None or "x_T" not in tensors:
         raise InversionFileError(f"{name}: a safetensors file, but not an invedit inversion (no metadata block)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise InversionFileError(f"{name}: format {meta.get('format')!r} is not {FORMAT!r}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InversionFileError(f"{name}: its metadata block is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InversionFileError(f"{name}: format {found!r} is not {FORMAT!r}")
+    try:
+        return validate(_from_parts(meta, tensors))
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"lacks {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise InversionFileError(f"{name}: not a usable inversion: {what}") from None
+
+
+def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Inversion:
     extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     pixels = tensors.get("input", extras.pop("input", None))  # files before 0.2 kept the input among the extras
+    for key, kind in (("prompt", str), ("negative_prompt", str), ("method", str), ("schedule", dict),
+                      ("model", dict), ("image", dict), ("stats", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise TypeError(f"metadata {key!r} is a {type(meta[key]).__name__}, not a {kind.__name__}")
+    guidance = meta["guidance"]
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance {guidance!r} is not a finite number")
     return Inversion(tensors["x_T"], tensors["z0"], Schedule.from_dict(meta["schedule"]), meta["method"],
-                     meta["prompt"], float(meta["guidance"]), meta["model"], meta.get("image", {}),
+                     meta["prompt"], float(guidance), meta["model"], meta.get("image", {}),
                      meta.get("stats", {}), extras, meta.get("negative_prompt", ""), pixels)
+
+
+def _check_tensor(name: str, t: torch.Tensor, shape: tuple, floating: bool = True) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"tensor {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if floating and (not t.is_floating_point() or not bool(torch.isfinite(t).all())):
+        raise ValueError(f"tensor {name} is not all finite floating-point numbers")
+
+
+def validate(inv: Inversion) -> Inversion:
+    """Check everything an inversion will be trusted with: the method is known and carries its tensors with
+    the right shapes, every float is finite, the schedule is the one its noise config gives for its steps, and
+    the image geometry is consistent and within the input limits. Raises ValueError naming the problem."""
+    from .io import MAX_PIXELS
+    from .methods import METHODS
+
+    if inv.method not in METHODS:
+        raise ValueError(f"method {inv.method!r} is not one of {', '.join(METHODS)}")
+    if inv.schedule != Schedule.create(inv.schedule.noise, inv.schedule.steps):
+        raise ValueError(f"its schedule is not the {inv.schedule.steps}-step schedule of its noise config")
+    if inv.x_T.dim() != 4:
+        raise ValueError(f"tensor x_T has shape {tuple(inv.x_T.shape)}, expected (batch, channels, height, width)")
+    _check_tensor("x_T", inv.x_T, inv.x_T.shape)
+    _check_tensor("z0", inv.z0, inv.x_T.shape)
+    m, (N, B) = METHODS[inv.method], (inv.schedule.steps, inv.x_T.shape[0])
+    for key in m.requires:
+        if key not in inv.extras:
+            raise ValueError(f"method {inv.method} needs the tensor extra.{key}, which the file lacks")
+    for key, t in inv.extras.items():
+        if key in m.per_step:
+            if t.dim() < 2 or tuple(t.shape[:2]) != (N, B):
+                raise ValueError(f"tensor extra.{key} has shape {tuple(t.shape)}, expected ({N}, {B}, …)")
+            if key in ("offsets", "pivot"):
+                _check_tensor(f"extra.{key}", t, (N, *inv.x_T.shape))
+        elif key in m.noises:
+            _check_tensor(f"extra.{key}", t, inv.x_T.shape)
+        else:
+            raise ValueError(f"tensor extra.{key} is not one method {inv.method} uses")
+        _check_tensor(f"extra.{key}", t, t.shape)
+    _check_geometry(inv, MAX_PIXELS)
+    return inv
+
+
+def _check_geometry(inv: Inversion, max_pixels: int) -> None:
+    if inv.pixels is None:
+        return
+    p = inv.pixels
+    if p.dtype != torch.uint8 or p.dim() != 4 or p.shape[0] != inv.x_T.shape[0] or p.shape[1] != 3:
+        raise ValueError(f"tensor input has shape {tuple(p.shape)} and dtype {p.dtype}, expected (B, 3, H, W) uint8")
+    H, W = p.shape[-2:]
+    if H % inv.x_T.shape[-2] or W % inv.x_T.shape[-1] or H // inv.x_T.shape[-2] != W // inv.x_T.shape[-1]:
+        raise ValueError(f"input {W}×{H} is not a multiple of the latent {inv.x_T.shape[-1]}×{inv.x_T.shape[-2]}")
+    for key in ("original_size", "resized_size"):
+        size = inv.image.get(key, [W, H])
+        if (not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(v, int) and v > 0
+                                                                              for v in size)):
+            raise ValueError(f"image {key} {size!r} is not two positive integers")
+        if size[0] * size[1] > max_pixels:
+            raise ValueError(f"image {key} {size[0]}×{size[1]} is above the {max_pixels // 1_000_000} MP input limit")
+    box = inv.image.get("content_box", [0, 0, W, H])
+    if (not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, int) for v in box)
+            or not 0 <= box[0] < box[2] <= W or not 0 <= box[1] < box[3] <= H):
+        raise ValueError(f"image content_box {box!r} does not lie inside the {W}×{H} input")
 
 
 def mismatches(inv: Inversion, model_info: Mapping[str, Any], schedule: Schedule | None = None) -> list[str]:
