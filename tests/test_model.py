@@ -136,6 +136,24 @@ def test_the_fingerprint_does_not_depend_on_where_the_model_lies(tiny_model, tin
     assert api.load(str(other), device="cpu").fingerprint != tiny_model.fingerprint
 
 
+@pytest.mark.parametrize("module, pick", [("unet", "attn"), ("vae", "decoder.conv_out"), ("text_encoder", "layers.1.mlp")])
+def test_the_fingerprint_covers_every_weight(tiny_model_dir, tmp_path, module, pick):
+    """Issue 13: a copy with some weights deep inside one module scaled (not the first parameter) is another model."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None,
+                                                   requires_safety_checker=False)
+    with torch.no_grad():
+        names = [n for n, p in getattr(pipe, module).named_parameters() if pick in n]
+        assert names, pick
+        for n, p in getattr(pipe, module).named_parameters():
+            if pick in n:
+                p.mul_(1.5)
+    pipe.save_pretrained(tmp_path / "scaled", safe_serialization=True)
+    original = api.load(str(tiny_model_dir), device="cpu").fingerprint
+    assert api.load(str(tmp_path / "scaled"), device="cpu").fingerprint != original
+
+
 def test_a_different_model_is_refused_with_what_differs(tiny_model, photo, tmp_path):
     inv = api.invert_image(tiny_model, photo, "", api.InversionSettings(steps=5, method="ddim")).inversion
     other = api.load(str(save_tiny_pipeline(tmp_path / "other", seed=1, prediction_type="v_prediction")), device="cpu")
