@@ -42,7 +42,9 @@ class Bars:
 
 
 def friendly(command: Callable) -> Callable:
-    """Turn the library's input errors into messages with a non-zero exit, not tracebacks."""
+    """The one place where errors become messages: the library's input errors and failed writes (a read-only
+    folder, a full disk) become one line with exit code 1; anything unexpected becomes one line that says to
+    rerun with --debug for the traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,6 +56,16 @@ def friendly(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (InveditError, ImageError, InversionFileError) as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"could not read or write{where}: {exc.strerror or exc}") from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise click.ClickException(f"unexpected error: {type(exc).__name__}: {exc} (rerun with "
+                                       "`invedit --debug ...` for the traceback, and please report it)") from None
 
     return wrapper
 
@@ -109,10 +121,26 @@ def image_options(f: Callable) -> Callable:
     return f
 
 
+def _writable(ctx, param, value: str) -> str:
+    """--out is checked before any work: its nearest existing ancestor must be a folder we may write into."""
+    import os
+    from pathlib import Path
+
+    path = Path(value).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise click.BadParameter(f"{probe} is a file, so {value} cannot be a folder", param=param)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{probe} is not writable (pick another --out)", param=param)
+    return value
+
+
 def output_options(f: Callable) -> Callable:
     f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress stays on stderr).")(f)
     f = click.option("--out", "-o", type=click.Path(file_okay=False), default="runs", show_default=True,
-                     help="Folder for the outputs.")(f)
+                     callback=_writable, help="Folder for the outputs.")(f)
     return f
 
 
@@ -127,6 +155,9 @@ def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_
 def _load(model, model_config, device, dtype):
     from . import api
 
+    if model is not None and not model.strip():
+        raise click.BadParameter("is empty: give a diffusers folder, a .safetensors file or a hub id, or leave "
+                                 "--model out for the shipped model", param_hint="--model")
     return api.load(model, device=device, dtype=dtype, model_config=model_config)
 
 
@@ -145,7 +176,8 @@ def _show(report: dict, paths: dict, warnings, as_json: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="invedit")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
+def main(debug: bool) -> None:
     """invedit: invert real photos into a diffusion model's noise, regenerate and edit them faithfully.
 
     \b
@@ -255,7 +287,7 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
 @click.option("--spacing", type=click.Choice(["even", "uniform"]), default="even", show_default=True,
               help="Even weights, or weights that make consecutive frames equally far apart (one more pass).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Frames per UNet batch.")
-@click.option("--fps", type=click.FloatRange(0, min_open=True), default=8.0, show_default=True,
+@click.option("--fps", type=click.FloatRange(0.1, 100), default=8.0, show_default=True,
               help="GIF and MP4 frame rate.")
 @image_options
 @output_options
@@ -418,7 +450,8 @@ def _show_edit(result, as_json: bool) -> None:
 @click.option("--prompt", "-p", required=True, help="What to draw.")
 @click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")
 @click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True, help="Images to draw.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting noise.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the starting noise.")
 @click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True, help="DDIM steps.")
 @click.option("--guidance", "-g", type=float, default=5.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True,

@@ -100,7 +100,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[I
                 raise ImageError(f"{name}: the image is empty ({w}×{h} pixels)")
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}×{h} = {w * h / 1e6:.3g} megapixels is above the limit of "
-                                 f"{max_pixels / 1e6:.3g} MP (raise max_pixels / --max-pixels if you mean it)")
+                                 f"{max_pixels / 1e6:.3g} MP: downscale it first (in Python, load_image's max_pixels "
+                                 "argument raises the limit)")
             if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a phone JPEG with a preview
                 notes.append(f"animated {im.format}: first of {im.n_frames} frames used")
             im.load()  # a truncated file only fails here (PITFALLS)

@@ -71,6 +71,8 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ModelLoadError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but PyTorch sees no CUDA device")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' asked for, but PyTorch sees no Apple GPU (MPS) on this machine")
     return torch.device(device)
 
 

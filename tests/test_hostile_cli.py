@@ -1,0 +1,65 @@
+"""Hostile command lines (issue 13, items 4, 7, 8): each fails with exit ≠ 0, one line naming the problem, no
+traceback, and nothing written."""
+import pytest
+from click.testing import CliRunner
+
+from invedit.cli import main
+
+
+@pytest.fixture
+def invoke(tmp_path):
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+    return run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "-p", "x", "--seed", "99999999999999999999"], "is not in the range"),
+    (["info", "--model", ""], "--model: is empty"),
+    (["info", "--device", "mps"], "no Apple GPU (MPS)"),
+    (["info", "--device", "tpu"], "is not one of auto, cpu"),
+    (["interpolate", "A", "B", "--fps", "0.00001"], "--fps"),
+    (["interpolate", "A", "B", "--fps", "1e9"], "--fps"),
+])
+def test_bad_options_fail_in_one_line(invoke, photo, args, message):
+    args = [str(photo) if a in ("A", "B") else a for a in args]
+    result = invoke(*args)
+    assert result.exit_code in (1, 2) and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_out_below_a_file_is_refused_before_any_work(invoke, photo, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("roundtrip", photo, "--out", blocker / "sub")
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_unexpected_errors_are_one_line_unless_debug(invoke, tiny_model_dir, photo, tmp_path, monkeypatch):
+    import invedit.api as api
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("deep inside")
+
+    monkeypatch.setattr(api, "roundtrip", boom)
+    args = ["roundtrip", photo, "-m", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "o"]
+    result = invoke(*args)
+    assert result.exit_code == 1 and "unexpected error: ZeroDivisionError: deep inside" in result.output
+    assert "--debug" in result.output and "Traceback" not in result.output
+    debug = invoke("--debug", *args)
+    assert isinstance(debug.exception, ZeroDivisionError)
+
+
+def test_a_failed_write_is_one_line(invoke, tiny_model_dir, photo, tmp_path, monkeypatch):
+    import errno
+
+    import invedit.io as io
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "x.png"))
+
+    monkeypatch.setattr(io, "atomic_write", full)
+    monkeypatch.setattr("invedit.store.atomic_write", full)
+    result = invoke("roundtrip", photo, "-m", tiny_model_dir, "--device", "cpu", "-n", 2, "--method", "ddim",
+                    "--out", tmp_path / "o")
+    assert result.exit_code == 1 and "No space left on device" in result.output and "Traceback" not in result.output
