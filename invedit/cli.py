@@ -152,6 +152,23 @@ def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_
                              null_text_lr=null_text_lr)
 
 
+INVERSION_OPTIONS = ("prompt", "steps", "method", "guidance", "tol", "max_iter", "pivot", "null_text_lr",
+                     "null_text_steps", "negative_prompt", "max_side", "fit")
+
+
+def _refuse_for_saved(files) -> None:
+    """Options that make an inversion cannot change one already saved: refuse them when given with saved files."""
+    if not files:
+        return
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params if p.name in INVERSION_OPTIONS
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        names = ", ".join(p.opts[0] for p in given)
+        raise click.UsageError(f"{names} cannot apply to a saved inversion ({files[0]}): it carries its own prompt, "
+                               "method, steps, guidance and image; invert the image again to change them")
+
+
 def _load(model, model_config, device, dtype):
     from . import api
 
@@ -314,6 +331,7 @@ def interpolate(inputs, model, model_config, device, dtype, prompt, steps, metho
 
     if len(inputs) < 2:
         raise click.UsageError("give at least two inputs")
+    _refuse_for_saved([i for i in inputs if i.endswith(".safetensors")])
     for item in inputs:
         if not item.endswith(".safetensors"):
             api.check_image(item)
@@ -405,7 +423,9 @@ def edit(source_file, source, targets, model, model_config, device, dtype, steps
     """
     from . import api
 
-    if not source_file.endswith(".safetensors"):
+    if source_file.endswith(".safetensors"):
+        _refuse_for_saved([source_file])
+    else:
         api.check_image(source_file)
     try:
         edit_settings = api.EditSettings(cross_replace=cross_replace, self_replace=self_replace, blend=tuple(blend),

@@ -43,7 +43,8 @@ class EditResult:
     pictures: dict[str, Optional[np.ndarray]] = field(default_factory=dict)  # "compare", "attention": (H, W, 3) uint8
 
 
-def _inversion_from_file(model, path, source: Optional[str], settings: InversionSettings) -> tuple[Inversion, list[str]]:
+def _inversion_from_file(model, path, source: Optional[str]) -> tuple[Inversion, list[str]]:
+    """A saved inversion, checked against the model and the source prompt (its own settings are used)."""
     try:
         inversion = load_inversion(path)
     except InversionFileError as exc:
@@ -54,11 +55,7 @@ def _inversion_from_file(model, path, source: Optional[str], settings: Inversion
     if source is not None and source != inversion.prompt:
         raise InveditError(f"{path} was inverted with the prompt {inversion.prompt!r}, not --source {source!r}: "
                            "leave --source out to use the file's prompt, or invert the photo again with it")
-    asked = {"method": settings.method, "steps": settings.steps, "guidance": settings.guidance}
-    made = {"method": inversion.method, "steps": inversion.schedule.steps, "guidance": inversion.guidance}
-    differ = [f"{k} {made[k]} (not {asked[k]})" for k in asked if asked[k] != made[k]]
-    warnings = [f"the inversion file sets {', '.join(differ)}; the edit uses the file's"] if differ else []
-    return inversion, warnings
+    return inversion, []
 
 
 def _mask_pixels(mask: Optional[torch.Tensor], prepared: Prepared) -> Optional[np.ndarray]:
@@ -128,7 +125,7 @@ def edit(model, image_or_inversion: Any, source: Optional[str], targets: Sequenc
         if isinstance(item, Inversion):
             inversion, stem, written = item, "edit", None
         else:
-            inversion, w = _inversion_from_file(model, item, source, settings)
+            inversion, w = _inversion_from_file(model, item, source)
             stem, written = Path(item).name.removesuffix(SUFFIX).removesuffix(".safetensors"), None
             warnings += w
     else:

@@ -63,3 +63,15 @@ def test_a_failed_write_is_one_line(invoke, tiny_model_dir, photo, tmp_path, mon
     result = invoke("roundtrip", photo, "-m", tiny_model_dir, "--device", "cpu", "-n", 2, "--method", "ddim",
                     "--out", tmp_path / "o")
     assert result.exit_code == 1 and "No space left on device" in result.output and "Traceback" not in result.output
+
+
+def test_inversion_options_are_refused_with_saved_inversions(invoke, tiny_model_dir, photo, tmp_path):
+    made = invoke("invert", photo, "-m", tiny_model_dir, "--device", "cpu", "-n", 3, "--method", "ddim", "--out",
+                  tmp_path)
+    assert made.exit_code == 0, made.output
+    saved = tmp_path / "astro.inversion.safetensors"
+    for args in (["interpolate", saved, saved, "--steps", 10], ["interpolate", saved, saved, "--method", "edict"],
+                 ["edit", saved, "-t", "a dog", "--guidance", 3]):
+        result = invoke(*args, "-m", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "o")
+        assert result.exit_code == 2 and "cannot apply to a saved inversion" in result.output, result.output
+        assert not (tmp_path / "o").exists()
