@@ -27,7 +27,20 @@ from .report import comparison_image, jsonable, latent_error, reconstruction_met
 from .schedule import Schedule
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes-64"
+def _assets() -> Path:
+    """The shipped assets: the repository's assets/ folder, or the same files installed as `invedit_assets`."""
+    beside = Path(__file__).resolve().parent.parent / "assets"
+    if (beside / "models").is_dir():
+        return beside
+    from importlib.util import find_spec
+
+    spec = find_spec("invedit_assets")  # a namespace package: its folder is its one search location
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else beside
+
+
+ASSETS = _assets()
+DEFAULT_MODEL = ASSETS / "models" / "shapes-64"
 
 
 class InveditError(ValueError):
