@@ -22,7 +22,7 @@ from .invert import FixedPointOptions
 from .methods import METHODS, PIVOTS, Conditioning, MethodOptions, Progress, invert_with, no_progress, replay
 from .edit import EditSettings
 from .nulltext import NullTextOptions
-from .io import Prepared, load_image, prepare, read_image, save_image, to_uint8, write_text
+from .io import Prepared, load_image, moved, output_set, prepare, read_image, save_image, to_uint8, write_text
 from .report import comparison_image, jsonable, latent_error, reconstruction_metrics
 from .schedule import Schedule
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
@@ -202,8 +202,11 @@ def prepared_from(inversion: Inversion) -> Prepared:
 
 
 def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[str | os.PathLike] = None,
-                stem: Optional[str] = None, progress: Progress = no_progress) -> ReconstructResult:
-    """Regenerate an inversion with its own schedule, prompt and guidance; measure and (optionally) write it."""
+                stem: Optional[str] = None, progress: Progress = no_progress, *,
+                save: bool = False) -> ReconstructResult:
+    """Regenerate an inversion with its own schedule, prompt and guidance; measure and (optionally) write it.
+
+    With `save`, the inversion file is written too, in the same set of outputs (all or none appear in `out`)."""
     if not isinstance(inversion, Inversion):
         stem = stem or Path(inversion).name.removesuffix(SUFFIX).removesuffix(".safetensors")
         try:
@@ -225,7 +228,8 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
             recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
     report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
     image = prepared.restore(recon)
-    paths = _write_outputs(out, stem or Path(prepared.source).stem, image, prepared, recon, vae, report)
+    paths = _write_outputs(out, stem or Path(prepared.source).stem, image, prepared, recon, vae, report,
+                           inversion if save else None)
     return ReconstructResult(report, image, paths, (), to_uint8(prepared.content(recon)[0]))
 
 
@@ -248,26 +252,28 @@ def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err
     }
 
 
-def _write_outputs(out, stem: str, image, prepared: Prepared, recon, vae, report) -> dict[str, Path]:
+def _write_outputs(out, stem: str, image, prepared: Prepared, recon, vae, report,
+                   inversion: Optional[Inversion] = None) -> dict[str, Path]:
     if out is None:
         return {}
-    out = Path(out)
     compare = comparison_image(prepared.content(prepared.pixels)[0], prepared.content(vae)[0],
                                prepared.content(recon)[0])
-    return {"reconstruction": save_image(out / f"{stem}.recon.png", image),
-            "comparison": save_image(out / f"{stem}.compare.png", compare),
-            "report": write_text(out / f"{stem}.report.json", json.dumps(jsonable(report), indent=2))}
+    with output_set(out) as stage:
+        paths = {"inversion": save_inversion(stage / f"{stem}{SUFFIX}", inversion)} if inversion is not None else {}
+        paths.update({"reconstruction": save_image(stage / f"{stem}.recon.png", image),
+                      "comparison": save_image(stage / f"{stem}.compare.png", compare),
+                      "report": write_text(stage / f"{stem}.report.json", json.dumps(jsonable(report), indent=2))})
+    return moved(paths, stage, out)
 
 
 def roundtrip(model, image: str | os.PathLike, prompt: str = "", settings: InversionSettings = InversionSettings(),
               out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
               progress: Progress = no_progress) -> ReconstructResult:
     """Invert a photo and regenerate it: the inversion file, reconstruction, comparison and report."""
-    inverted = invert_image(model, image, prompt, settings, out, max_side, fit, progress)
-    result = reconstruct(model, inverted.inversion, out, Path(image).stem, progress)
-    return ReconstructResult(result.report, result.image,
-                             {**({"inversion": inverted.path} if inverted.path else {}), **result.paths},
-                             inverted.warnings + result.warnings, result.content)
+    inverted = invert_image(model, image, prompt, settings, None, max_side, fit, progress)
+    result = reconstruct(model, inverted.inversion, out, Path(image).stem, progress, save=True)
+    return ReconstructResult(result.report, result.image, result.paths, inverted.warnings + result.warnings,
+                             result.content)
 
 
 @dataclass(frozen=True)
@@ -304,8 +310,10 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
                 "guidance": guidance, "eta": eta, "size": size, "model": model.describe(), "invedit": __version__}
     paths: tuple[Path, ...] = ()
     if out is not None:
-        paths = tuple(save_image(Path(out) / f"sample_{seed}_{i}.png", im) for i, im in enumerate(images))
-        write_text(Path(out) / f"sample_{seed}.json", json.dumps(jsonable(settings), indent=2))
+        with output_set(out) as stage:
+            staged = {str(i): save_image(stage / f"sample_{seed}_{i}.png", im) for i, im in enumerate(images)}
+            write_text(stage / f"sample_{seed}.json", json.dumps(jsonable(settings), indent=2))
+        paths = tuple(moved(staged, stage, out).values())
     return SampleResult(images, z.cpu(), settings, paths)
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 from . import __version__
 from .api import InveditError, InversionSettings, invert_image, prepared_from, replay_options
 from .edit import EditRun, EditSettings, edit_latents
-from .io import Prepared, save_image, write_text
+from .io import Prepared, moved, output_set, save_image, write_text
 from .methods import Progress, no_progress
 from .report import jsonable, region_metrics, side_by_side, to_unit
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
@@ -179,20 +179,21 @@ def _finish(model, inversion: Inversion, prepared: Prepared, targets, run: EditR
 
 
 def _write(out: Path, stem: str, result: EditResult, inversion: Optional[Inversion]) -> dict[str, Path]:
-    paths: dict[str, Path] = {}
-    if inversion is not None:
-        paths["inversion"] = save_inversion(out / f"{stem}{SUFFIX}", inversion)
+    """Every output in one set (`io.output_set`): all of them appear in `out`, or none."""
     many = len(result.images) > 1
-    for k, image in enumerate(result.images):
-        name = f"{stem}.edit-{k + 1}.png" if many else f"{stem}.edit.png"
-        paths[f"edit-{k + 1}" if many else "edit"] = save_image(out / name, image)
+    names = [f"{stem}.edit-{k + 1}.png" if many else f"{stem}.edit.png" for k in range(len(result.images))]
+    for k, name in enumerate(names):
         result.report["edits"][k]["image"] = str(out / name)
-    paths["reconstruction"] = save_image(out / f"{stem}.edit-recon.png", result.reconstruction)
-    paths["compare"] = save_image(out / f"{stem}.edit-compare.png", result.pictures["compare"])
-    if result.pictures.get("attention") is not None:
-        paths["attention"] = save_image(out / f"{stem}.attention.png", result.pictures["attention"])
-    paths["report"] = write_text(out / f"{stem}.edit.json", json.dumps(jsonable(result.report), indent=2))
-    return paths
+    with output_set(out) as stage:
+        paths = {"inversion": save_inversion(stage / f"{stem}{SUFFIX}", inversion)} if inversion is not None else {}
+        for k, (name, image) in enumerate(zip(names, result.images)):
+            paths[f"edit-{k + 1}" if many else "edit"] = save_image(stage / name, image)
+        paths["reconstruction"] = save_image(stage / f"{stem}.edit-recon.png", result.reconstruction)
+        paths["compare"] = save_image(stage / f"{stem}.edit-compare.png", result.pictures["compare"])
+        if result.pictures.get("attention") is not None:
+            paths["attention"] = save_image(stage / f"{stem}.attention.png", result.pictures["attention"])
+        paths["report"] = write_text(stage / f"{stem}.edit.json", json.dumps(jsonable(result.report), indent=2))
+    return moved(paths, stage, out)
 
 
 __all__ = ["EditResult", "EditSettings", "edit", "measure"]

@@ -8,11 +8,13 @@ output can be restored to the input's size and the report can say what was done.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -191,6 +193,40 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def output_set(out: str | os.PathLike) -> Iterator[Path]:
+    """Write a command's outputs into a hidden staging folder inside `out`, moved into place only when every
+    one of them is complete: an error (or a kill) before that leaves `out` as it was, and a folder of outputs
+    (interpolation frames) replaces the old one whole, so no stale frame of an earlier run survives.
+
+        with output_set(out) as stage:
+            save_image(stage / "a.png", ...)        # then out/a.png exists, beside the other outputs
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".invedit-staging-", dir=out))
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            target = out / item.name
+            if target.is_symlink():
+                target.unlink()  # never write through a link the user (or an attacker) left in --out
+            if item.is_dir() and target.is_dir():
+                old = Path(tempfile.mkdtemp(prefix=".invedit-old-", dir=out))
+                target.rename(old / item.name)
+                item.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def moved(paths: dict[str, Path], stage: Path, out: str | os.PathLike) -> dict[str, Path]:
+    """The final places of outputs written under `stage` by `output_set`."""
+    return {k: Path(out) / Path(p).relative_to(stage) for k, p in paths.items()}
 
 
 def save_image(path: str | os.PathLike, image: Image.Image | np.ndarray, format: Optional[str] = None) -> Path:

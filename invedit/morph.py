@@ -25,10 +25,10 @@ from .api import (InveditError, InversionSettings, Progress, conditioning_for, i
                   reconstruct, replay_options)
 from .interpolate import MODES, SPACINGS, consecutive_distances, lerp, mix_extras, mix_noise, rms_distance, spread, \
     stack_extras, uniform_weights
-from .io import contact_sheet, save_gif, save_image, save_mp4, to_uint8, write_text
+from .io import contact_sheet, moved, output_set, save_gif, save_image, save_mp4, to_uint8, write_text
 from .methods import Conditioning, method, no_progress, replay
 from .report import image_metrics, jsonable
-from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches
+from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,17 @@ class InterpolateResult:
     warnings: tuple[str, ...] = ()
 
 
-def _as_inversion(model, item, prompt: str, settings: InversionSettings, out, max_side, fit, progress):
+def _as_inversion(model, item, prompt: str, settings: InversionSettings, max_side, fit, progress):
+    """(inversion, warnings, whether it is new and should be saved with the outputs)."""
     if isinstance(item, Inversion):
-        return item, []
+        return item, [], False
     if str(item).endswith(".safetensors"):
         try:
-            return load_inversion(item), []
+            return load_inversion(item), [], False
         except InversionFileError as exc:
             raise InveditError(str(exc)) from None
-    result = invert_image(model, item, prompt, settings, out, max_side, fit, progress)
-    return result.inversion, list(result.warnings)
+    result = invert_image(model, item, prompt, settings, None, max_side, fit, progress)
+    return result.inversion, list(result.warnings), True
 
 
 def check_compatible(model, inversions: Sequence[Inversion], names: Sequence[str]) -> None:
@@ -135,11 +136,13 @@ def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
         raise InveditError(f"give one prompt, or one per input ({len(inputs)}); got {len(prompts)}")
     prompts = list(prompts) * len(inputs) if len(prompts) == 1 else list(prompts)
     names = [getattr(x, "name", None) or Path(str(x)).name for x in inputs]
-    start, warnings, inversions = time.perf_counter(), [], []
+    start, warnings, inversions, new = time.perf_counter(), [], [], {}
     for item, prompt in zip(inputs, prompts):  # 1. inputs → inversions
-        inv, w = _as_inversion(model, item, prompt, settings, out, max_side, fit, progress)
+        inv, w, made = _as_inversion(model, item, prompt, settings, max_side, fit, progress)
         inversions.append(inv)
         warnings += w
+        if made:
+            new[f"{Path(str(item)).stem}{SUFFIX}"] = inv
     check_compatible(model, inversions, names)  # 2.
     seconds = {"invert": time.perf_counter() - start}
     frames, weights, segments, calls = [], [], [], 0
@@ -158,7 +161,7 @@ def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
               "segments": segments, "endpoints": _endpoint_report(model, inversions, frames, names),
               "network_calls": calls, "seconds": seconds, "model": model.describe()}
     pil = tuple(Image.fromarray(f) for f in frames)
-    paths = _write(out, pil, weights, report, interp) if out is not None else {}
+    paths = _write(out, pil, weights, report, interp, new) if out is not None else {}
     return InterpolateResult(pil, tuple(weights), report, paths, tuple(warnings))
 
 
@@ -188,18 +191,21 @@ def _endpoint_report(model, inversions, frames, names) -> list[dict[str, Any]]:
     return rows
 
 
-def _write(out, frames, weights, report, interp: InterpolationSettings) -> dict[str, Path]:
-    out = Path(out)
-    paths: dict[str, Path] = {}
-    for k, frame in enumerate(frames):
-        save_image(out / "frames" / f"frame_{k:03d}.png", frame)
-    paths["frames"] = out / "frames"
+def _write(out, frames, weights, report, interp: InterpolationSettings,
+           inversions: dict[str, Inversion]) -> dict[str, Path]:
+    """Every output in one set (`io.output_set`): the frames folder is replaced whole, so none is stale."""
     labels = [f"{s}:{w:.2f}" for s, w in weights]
-    paths["sheet"] = save_image(out / "sheet.png", contact_sheet(list(frames), labels))
-    paths["gif"] = save_gif(out / "morph.gif", list(frames), interp.fps)
-    paths["mp4"] = save_mp4(out / "morph.mp4", list(frames), interp.fps)
-    paths["report"] = write_text(out / "interpolation.json", json.dumps(jsonable(report), indent=2))
-    return paths
+    with output_set(out) as stage:
+        paths: dict[str, Path] = {f"inversion {name}": save_inversion(stage / name, inv)
+                                  for name, inv in inversions.items()}
+        for k, frame in enumerate(frames):
+            save_image(stage / "frames" / f"frame_{k:03d}.png", frame)
+        paths["frames"] = stage / "frames"
+        paths["sheet"] = save_image(stage / "sheet.png", contact_sheet(list(frames), labels))
+        paths["gif"] = save_gif(stage / "morph.gif", list(frames), interp.fps)
+        paths["mp4"] = save_mp4(stage / "morph.mp4", list(frames), interp.fps)
+        paths["report"] = write_text(stage / "interpolation.json", json.dumps(jsonable(report), indent=2))
+    return moved(paths, stage, out)
 
 
 __all__ = ["InterpolationSettings", "InterpolateResult", "interpolate", "check_compatible", "SUFFIX"]

@@ -75,3 +75,41 @@ def test_inversion_options_are_refused_with_saved_inversions(invoke, tiny_model_
         result = invoke(*args, "-m", tiny_model_dir, "--device", "cpu", "--out", tmp_path / "o")
         assert result.exit_code == 2 and "cannot apply to a saved inversion" in result.output, result.output
         assert not (tmp_path / "o").exists()
+
+
+def test_fewer_frames_on_a_rerun_leave_no_stale_frames(invoke, tiny_model_dir, photo, tmp_path):
+    out = tmp_path / "morph"
+    base = ["interpolate", photo, photo, "-m", tiny_model_dir, "--device", "cpu", "-n", 2, "--method", "ddim",
+            "--out", out]
+    assert invoke(*base, "--frames", 5).exit_code == 0
+    assert len(list((out / "frames").iterdir())) == 5
+    assert invoke(*base, "--frames", 3).exit_code == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["frame_000.png", "frame_001.png", "frame_002.png"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".invedit-")]
+
+
+@pytest.mark.parametrize("command", ["roundtrip", "interpolate", "edit"])
+def test_a_failure_while_writing_leaves_the_earlier_outputs_untouched(invoke, tiny_model_dir, photo, tmp_path,
+                                                                      monkeypatch, command):
+    """The last output fails to write (a full disk): nothing of the new set appears, nothing old changes."""
+    import invedit.api
+    import invedit.editor
+    import invedit.morph
+
+    out = tmp_path / "o"
+    args = {"roundtrip": ["roundtrip", photo, "-p", "a cat"], "interpolate": ["interpolate", photo, photo],
+            "edit": ["edit", photo, "-s", "a cat", "-t", "a dog"]}[command]
+    args = args + ["-m", tiny_model_dir, "--device", "cpu", "-n", 2, "--method", "ddim", "--out", out]
+    if command == "interpolate":
+        args += ["--frames", 3]
+    assert invoke(*args).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    module = {"roundtrip": invedit.api, "interpolate": invedit.morph, "edit": invedit.editor}[command]
+    monkeypatch.setattr(module, "write_text", full)  # the report is written last
+    result = invoke(*[a if a != 2 else 3 for a in args])  # other steps: every output would change
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
