@@ -293,6 +293,11 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
         raise InveditError(f"guidance and eta must be finite numbers, got {guidance} and {eta}")
     if size % model.multiple:
         raise InveditError(f"size {size} is not a multiple of {model.multiple}, which this model needs")
+    from .io import MAX_WORK_PIXELS
+
+    if size * size > MAX_WORK_PIXELS:
+        raise InveditError(f"size {size} is above the working budget of {MAX_WORK_PIXELS / 1e6:.3g} MP "
+                           f"(VAE memory grows with it): use --size {int(MAX_WORK_PIXELS ** 0.5)} or less")
     g = torch.Generator().manual_seed(seed)
     f = model.vae_scale_factor
     x_T = torch.randn(n, model.unet.config.in_channels, size // f, size // f, generator=g)

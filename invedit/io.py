@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (a decompression bomb guard)
+MAX_WORK_PIXELS = 2048 * 2048  # refuse a larger working size (what the VAE sees): its memory grows with it
 FITS = ("pad", "crop")
 
 
@@ -122,10 +123,21 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[I
 
 
 def prepare(image: Image.Image, multiple: int, max_side: Optional[int] = None, fit: str = "pad",
-            source: str = "<image>", notes: tuple[str, ...] = ()) -> Prepared:
-    """Size an RGB image for a model: optional max-side downscale, then pad (or crop) to `multiple`."""
+            source: str = "<image>", notes: tuple[str, ...] = (), max_work_pixels: int = MAX_WORK_PIXELS) -> Prepared:
+    """Size an RGB image for a model: optional max-side downscale, then pad (or crop) to `multiple`.
+
+    A working size above `max_work_pixels` is refused before any allocation: the VAE's activations (and
+    its attention, quadratic in the latent's size) would not fit in memory."""
     if fit not in FITS:
         raise ValueError(f"fit {fit!r} is not one of {FITS}")
+    w0, h0 = image.size
+    if max_side and max(w0, h0) > max_side:
+        w0, h0 = max(1, round(w0 * max_side / max(w0, h0))), max(1, round(h0 * max_side / max(w0, h0)))
+    if w0 * h0 > max_work_pixels:
+        side = int((max_work_pixels * max(w0, h0) / min(w0, h0)) ** 0.5)
+        raise ImageError(f"{source}: a working size of {w0}×{h0} = {w0 * h0 / 1e6:.3g} MP is above the working "
+                         f"budget of {max_work_pixels / 1e6:.3g} MP (VAE memory grows with it): pass --max-side "
+                         f"{side // multiple * multiple} or less")
     notes = list(notes)
     original = image.size
     if max_side and max(original) > max_side:

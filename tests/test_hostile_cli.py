@@ -113,3 +113,23 @@ def test_a_failure_while_writing_leaves_the_earlier_outputs_untouched(invoke, ti
     result = invoke(*[a if a != 2 else 3 for a in args])  # other steps: every output would change
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_working_sizes_above_the_budget_are_refused_before_work(invoke, tiny_model_dir, tmp_path):
+    """A 49 MP photo at --max-side 0, and sample --size 40000 (issue 13 item 5): refused at once, in one line."""
+    import tracemalloc
+
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (7000, 7000), (10, 200, 30)).save(big)
+    tracemalloc.start()
+    result = invoke("roundtrip", big, "--max-side", 0, "-m", tiny_model_dir, "--device", "cpu", "--out",
+                    tmp_path / "o")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.exit_code == 1 and "above the working budget" in result.output and "--max-side 2048" in result.output
+    assert peak < 2e9 and not (tmp_path / "o").exists()
+    result = invoke("sample", "-p", "a cat", "--size", 40000, "-m", tiny_model_dir, "--device", "cpu", "--out",
+                    tmp_path / "s")
+    assert result.exit_code == 1 and "above the working budget" in result.output
