@@ -382,7 +382,7 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
 @inversion_options(prompt=False, method="direct", guidance=7.5)
 @click.option("--cross-replace", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="Fraction of steps whose cross-attention maps come from the source branch (P2P).")
-@click.option("--self-replace", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+@click.option("--self-replace", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of steps whose self-attention maps come from the source branch.")
 @click.option("--blend", multiple=True, metavar="WORD",
               help="Local blend: only the region these words attend to may change (repeatable).")
@@ -392,7 +392,7 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
               help="Blend mask: word attention above this fraction of its peak.")
 @click.option("--blend-dilate", type=click.IntRange(0), default=1, show_default=True,
               help="Blend mask: grow by this many attention cells.")
-@click.option("--blend-start", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+@click.option("--blend-start", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of steps before blending starts.")
 @click.option("--reweight", multiple=True, metavar="WORD=SCALE",
               help="Scale the edit's attention to a word of the target (e.g. red=2); repeatable.")

@@ -22,15 +22,15 @@ from .store import Inversion
 
 @dataclass(frozen=True)
 class EditSettings:
-    """How an edit uses the source branch. Defaults: the best condition of docs/edit-benchmark.md."""
+    """How an edit uses the source branch. Defaults: the best of the sweep in docs/edit-tuning.md (shipped model)."""
 
     cross_replace: float = 0.8  # fraction of steps (from the noisy end) whose cross-attention maps are injected
-    self_replace: float = 0.4  # fraction of steps whose self-attention maps are injected
+    self_replace: float = 0.0  # fraction of steps whose self-attention maps are injected (P2P: 0.2–0.6 on SD)
     blend: tuple[str, ...] = ()  # local blend words: outside their attention mask a target keeps the source latent
     keep: tuple[str, ...] = ()  # words whose attention mask is kept from the source (alone: blend everywhere else)
     blend_threshold: float = 0.3  # mask = normalised word attention above this (P2P's LocalBlend)
     blend_dilate: int = 1  # max-pool radius of the mask, in attention cells (P2P: 1)
-    blend_start: float = 0.2  # fraction of steps before blending starts (P2P's null-text notebook: 0.2)
+    blend_start: float = 0.0  # fraction of steps before blending starts (P2P's null-text notebook: 0.2)
     reweight: tuple[tuple[str, float], ...] = ()  # (word, scale): targets' attention to the word × scale
     strength: float = 1.0  # fraction of the last steps that edit; before them targets follow the source
     mode: str = "auto"  # replace (word swap, equal token counts) | refine (aligned tokens) | auto
