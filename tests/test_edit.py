@@ -213,3 +213,10 @@ def test_an_inversion_made_with_another_prompt_is_refused(run, scene_file, tmp_p
                                        "--out", str(out)])
     assert result.exit_code != 0 and "was inverted with the prompt" in result.output
     assert not out.exists()
+
+
+def test_cli_defaults_are_the_library_defaults():
+    params = {p.name: p.default for p in main.commands["edit"].params}
+    defaults = EditSettings()
+    for name in ("cross_replace", "self_replace", "blend_threshold", "blend_dilate", "blend_start", "strength", "mode"):
+        assert params[name] == getattr(defaults, name), name
