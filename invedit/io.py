@@ -218,7 +218,8 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".invedit-staging-", dir=out))
+    _sweep_dead_stages(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".invedit-staging-{os.getpid()}-", dir=out))
     try:
         yield stage
         for item in sorted(stage.iterdir()):
@@ -226,7 +227,7 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
             if target.is_symlink():
                 target.unlink()  # never write through a link the user (or an attacker) left in --out
             if item.is_dir() and target.is_dir():
-                old = Path(tempfile.mkdtemp(prefix=".invedit-old-", dir=out))
+                old = Path(tempfile.mkdtemp(prefix=f".invedit-old-{os.getpid()}-", dir=out))
                 target.rename(old / item.name)
                 item.rename(target)
                 shutil.rmtree(old, ignore_errors=True)
@@ -234,6 +235,18 @@ def output_set(out: str | os.PathLike) -> Iterator[Path]:
                 os.replace(item, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _sweep_dead_stages(out: Path) -> None:
+    """Remove the staging folders of runs that were killed (their process is gone) before they finished."""
+    for item in out.glob(".invedit-*-*-*"):
+        try:
+            pid = int(item.name.split("-")[2])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(item, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def moved(paths: dict[str, Path], stage: Path, out: str | os.PathLike) -> dict[str, Path]:

@@ -133,3 +133,33 @@ def test_working_sizes_above_the_budget_are_refused_before_work(invoke, tiny_mod
     result = invoke("sample", "-p", "a cat", "--size", 40000, "-m", tiny_model_dir, "--device", "cpu", "--out",
                     tmp_path / "s")
     assert result.exit_code == 1 and "above the working budget" in result.output
+
+
+def test_kill_9_never_leaves_a_partial_set_and_a_rerun_completes(tiny_model_dir, photo, tmp_path):
+    """kill -9 at seeded fractions of a roundtrip's measured duration: `out` holds either nothing or the whole
+    set, never part of it; the rerun completes and leaves no staging folder of the killed runs behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "invedit", "roundtrip", str(photo), "-m", str(tiny_model_dir), "--device", "cpu",
+           "-n", "40", "--method", "fixed-point", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    duration = time.perf_counter() - start
+    complete = sorted(p.name for p in out.iterdir())
+    for p in out.iterdir():
+        p.unlink()
+    for moment in (0.5, 0.9):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        visible = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+        assert visible in ([], complete), (moment, visible)
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == complete  # no staging folder left
