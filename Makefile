@@ -32,7 +32,8 @@ test-all: install
 
 demo: install
 	$(PYTHON) -m invedit edit assets/scenes/yellow-star.png --source "a yellow star on a blue background" \
-		--target "a red star on a blue background" --target "a yellow star on a white background" --out runs/demo
+		--target "a red star on a blue background" --target "a yellow star on a black background" \
+		--target "a yellow circle on a blue background" --out runs/demo
 	$(PYTHON) -m invedit roundtrip assets/photos/astronaut.png --prompt "a photo" --out runs/demo
 
 bench: install
