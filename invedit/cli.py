@@ -77,7 +77,7 @@ def model_options(f: Callable) -> Callable:
     f = click.option("--model-config", default=None,
                      help="Diffusers folder or hub id with the configs of a single-file checkpoint.")(f)
     f = click.option("--model", "-m", default=None,
-                     help="Diffusers folder, .safetensors/.ckpt file or hub id [default: the shipped shapes-64].")(f)
+                     help="Diffusers folder, .safetensors file or hub id [default: the shipped shapes-64].")(f)
     return f
 
 

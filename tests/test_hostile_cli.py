@@ -163,3 +163,19 @@ def test_kill_9_never_leaves_a_partial_set_and_a_rerun_completes(tiny_model_dir,
         assert visible in ([], complete), (moment, visible)
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == complete  # no staging folder left
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin", ".pt"])
+def test_pickle_checkpoints_are_refused_for_safety_with_how_to_convert(invoke, tmp_path, suffix):
+    marker = tmp_path / "ran"
+    evil = tmp_path / f"model{suffix}"
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil.write_bytes(pickle.dumps(Payload()))
+    result = invoke("info", "--model", evil)
+    assert result.exit_code == 1 and "pickle checkpoint" in result.output and "safetensors" in result.output
+    assert "refuses for safety" in result.output and not marker.exists()

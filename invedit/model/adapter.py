@@ -21,7 +21,12 @@ from ..ddim import to_epsilon
 from ..schedule import NoiseConfig, alphas_cumprod
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")  # refused: unpickling a file can run its code
+CONVERT_HINT = ("convert it once, in a trusted environment, with: python -c \"import torch, safetensors.torch as s; "
+                "sd = torch.load('model.ckpt', weights_only=True); sd = sd.get('state_dict', sd); "
+                "s.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, "
+                "'model.safetensors')\"")
 
 
 class ModelLoadError(ValueError):
@@ -38,8 +43,9 @@ class ModelSource:
 def resolve_source(spec: str | os.PathLike) -> ModelSource:
     """Say what a --model argument is, before diffusers guesses (PITFALLS: a missing path is not a hub id).
 
-    An existing folder with model_index.json → a diffusers folder; an existing .safetensors/.ckpt → a
-    single file; something that looks like a path but does not exist → an error; else a hub id.
+    An existing folder with model_index.json → a diffusers folder; an existing .safetensors → a single
+    file; a pickle checkpoint (.ckpt, .bin, …) → refused, with how to convert it; something that looks like a
+    path but does not exist → an error; else a hub id.
     """
     text = str(spec)
     path = Path(text).expanduser()
@@ -48,12 +54,15 @@ def resolve_source(spec: str | os.PathLike) -> ModelSource:
             raise ModelLoadError(f"model folder {text!r} has no model_index.json: it is not a diffusers pipeline folder")
         return ModelSource(text, "folder", str(path.resolve()))
     if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise ModelLoadError(f"model file {text!r} is a pickle checkpoint, which invedit refuses for safety "
+                                 f"(unpickling can run code hidden in the file); {CONVERT_HINT}")
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ModelLoadError(f"model file {text!r} is not a .safetensors or .ckpt checkpoint")
+            raise ModelLoadError(f"model file {text!r} is not a .safetensors checkpoint")
         return ModelSource(text, "single-file", str(path.resolve()))
     # a hub id is "name" or "owner/name"; anything else that does not exist is a wrong path
     looks_like_path = (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
-                       or path.suffix.lower() in SINGLE_FILE_SUFFIXES)
+                       or path.suffix.lower() in SINGLE_FILE_SUFFIXES + PICKLE_SUFFIXES)
     if looks_like_path or not text:
         raise ModelLoadError(f"model path {text!r} does not exist (give a diffusers folder, a .safetensors file, "
                              "or a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5')")
