@@ -179,3 +179,19 @@ def test_pickle_checkpoints_are_refused_for_safety_with_how_to_convert(invoke, t
     result = invoke("info", "--model", evil)
     assert result.exit_code == 1 and "pickle checkpoint" in result.output and "safetensors" in result.output
     assert "refuses for safety" in result.output and not marker.exists()
+
+
+def test_model_folders_and_hub_ids_that_cannot_load_say_why(invoke, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke("info", "--model", "nobody/no-such-model")
+    assert result.exit_code == 1 and "not in the local Hugging Face cache and the hub is offline" in result.output
+    assert "stacktrace" not in result.output
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    shutil.rmtree(broken / "unet")
+    result = invoke("info", "--model", broken)
+    assert result.exit_code == 1 and "lacks its unet/ subfolder" in result.output
+    (broken / "model_index.json").write_text("{oops")
+    result = invoke("info", "--model", broken)
+    assert result.exit_code == 1 and "model_index.json is not valid JSON" in result.output

@@ -96,10 +96,37 @@ def _quiet_libraries() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def _check_folder(folder: Path) -> None:
+    """Name the component a diffusers folder lacks (diffusers reports a missing subfolder against the root)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"model folder {str(folder)!r}: its model_index.json is not valid JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"model folder {str(folder)!r}: its model_index.json is not a JSON object")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        if not (folder / name).is_dir():
+            raise ModelLoadError(f"model folder {str(folder)!r} lacks its {name}/ subfolder, which model_index.json "
+                                 f"lists ({spec[0]}.{spec[1]})")
+
+
+def _hub_message(source: ModelSource, exc: Exception) -> str:
+    text = str(exc)
+    if "not fully cached" in text or "outgoing traffic has been disabled" in text or "offline" in text.lower():
+        return (f"could not load model {source.spec!r}: it is not in the local Hugging Face cache and the hub is "
+                "offline (HF_HUB_OFFLINE=1, or no network); download it once with network, or pass a local "
+                "diffusers folder or .safetensors file")
+    return f"could not load model {source.spec!r}: {type(exc).__name__}: {text.split(' Please check out')[0]}"
+
+
 def _load_pipeline(source: ModelSource, config: Optional[str]):
     from diffusers import StableDiffusionPipeline
 
     common = dict(safety_checker=None, requires_safety_checker=False)
+    if source.kind == "folder":
+        _check_folder(Path(source.location))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -108,11 +135,11 @@ def _load_pipeline(source: ModelSource, config: Optional[str]):
                 return StableDiffusionPipeline.from_single_file(source.location, **extra, **common)
             return StableDiffusionPipeline.from_pretrained(source.location, **common)
     except (OSError, ValueError, EnvironmentError) as exc:  # hub errors are OSError subclasses
+        if source.kind == "hub":
+            raise ModelLoadError(_hub_message(source, exc)) from exc
         hint = ""
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower():
-            hint = " (offline: only local folders and single files with a local config folder can load)"
         if source.kind == "single-file" and not config:
-            hint += "; a single-file checkpoint needs its diffusers config: pass model_config / --model-config"
+            hint = "; a single-file checkpoint needs its diffusers config: pass model_config / --model-config"
         raise ModelLoadError(f"could not load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
 
 
