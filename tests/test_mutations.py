@@ -1,0 +1,84 @@
+"""Tests written against the mutations issue 13 found the suite missed: each asserts a behaviour that one of
+those one-line changes breaks (named in each test), with values known without the code under test."""
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from invedit.interpolate import mix_noise, slerp
+from invedit.invert import FixedPointOptions, invert_step
+from invedit.io import prepare
+from invedit.report import image_metrics, reconstruction_metrics
+from invedit.schedule import NoiseConfig, Schedule
+
+from oracle import GaussianOracle
+
+
+def test_psnr_of_a_known_error_is_twenty_db():
+    """Mutation: PSNR's peak constant changed. An error of 0.1 everywhere in [0, 1] images is 20 dB exactly."""
+    a = np.zeros((16, 16, 3))
+    m = image_metrics(a + 0.1, a)
+    assert math.isclose(m["mse"], 0.01, rel_tol=1e-12) and math.isclose(m["psnr"], 20.0, rel_tol=1e-12)
+
+
+def test_reconstruction_vs_vae_compares_with_the_vae_round_trip_not_the_input():
+    """Mutation: reconstruction_vs_vae computed against the input."""
+    original = torch.zeros(3, 16, 16)
+    vae = torch.full((3, 16, 16), 0.2)  # 0.1 off in [0, 1] units
+    m = reconstruction_metrics(original, vae, vae.clone())
+    assert m["reconstruction_vs_vae"]["psnr"] == math.inf
+    assert math.isclose(m["reconstruction_vs_input"]["psnr"], 20.0, rel_tol=1e-6)  # 0.2 in float32
+
+
+def test_slerp_keeps_the_norm_of_orthogonal_unit_vectors():
+    """Mutation: slerp mixing like lerp. Halfway between orthogonal unit vectors slerp is (a + b)/√2."""
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    mid = slerp(a, b, 0.5)
+    assert torch.allclose(mid, torch.tensor([[1.0, 1.0]]) / math.sqrt(2), atol=1e-7)
+    assert torch.allclose(slerp(a, b, 1 / 3), torch.tensor([[math.cos(math.pi / 6), math.sin(math.pi / 6)]]),
+                          atol=1e-7)
+    assert torch.allclose(mix_noise(a, b, 0.5, "slerp"), mid) and torch.allclose(mix_noise(a, b, 0.5, "lerp"),
+                                                                                   torch.tensor([[0.5, 0.5]]))
+
+
+def test_crop_restore_rounds_to_the_nearest_pixel():
+    """Mutation: crop restore rounding with int instead of round. 1001×751 at max side 64 is cropped to 64×48;
+    scaled back by 1001/64 its height is 750.75 → 751."""
+    prepared = prepare(Image.new("RGB", (1001, 751), (50, 100, 150)), 16, 64, "crop")
+    assert prepared.pixels.shape[-2:] == (48, 64)
+    assert prepared.restore(prepared.pixels).size == (1001, 751)
+
+
+def _oracle_step(steps=10, i=0):
+    schedule = Schedule.create(NoiseConfig(), steps)
+    oracle = GaussianOracle(schedule)
+    alpha_from, alpha_to = schedule.step_alphas(i)
+    x_to = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return oracle, schedule.timesteps[i], alpha_from, alpha_to, x_to
+
+
+def test_fixed_point_returns_the_iterate_beyond_its_last_residual():
+    """Mutation: fixed-point returning the iterate whose residual it measured instead of the next one. On the
+    oracle (a linear ε) the next iterate is closer, so its true residual is below the recorded one."""
+    from invedit.ddim import step_coefficients
+
+    oracle, t, alpha_from, alpha_to, x_to = _oracle_step()
+    options = FixedPointOptions(tol=1e-5, max_iter=50, anderson=0)
+    x, recorded, _ = invert_step(oracle.eps, x_to, t, alpha_from, alpha_to, "fixed-point", options)
+    a, b = step_coefficients(alpha_from, alpha_to)
+    true = float((a * x + b * oracle.eps(x, t) - x_to).norm() / x_to.norm())
+    assert recorded <= 1e-5 and true < 0.5 * recorded, (true, recorded)
+
+
+def test_anderson_acceleration_saves_network_calls():
+    """Mutation: Anderson acceleration switched off. On a linear problem Anderson (m = 2) converges in a few
+    iterations where plain Picard iteration needs many more, at the same tolerance."""
+    oracle, t, alpha_from, alpha_to, x_to = _oracle_step(steps=4, i=0)
+    tight = dict(tol=1e-12, max_iter=200)
+    _, r_picard, picard = invert_step(oracle.eps, x_to, t, alpha_from, alpha_to, "fixed-point",
+                                      FixedPointOptions(anderson=0, **tight))
+    _, r_anderson, anderson = invert_step(oracle.eps, x_to, t, alpha_from, alpha_to, "fixed-point",
+                                          FixedPointOptions(anderson=2, **tight))
+    assert r_anderson <= 1e-12 and r_picard <= 1e-12
+    assert anderson <= 5 and anderson < picard / 2, (anderson, picard)
