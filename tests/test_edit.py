@@ -250,3 +250,24 @@ def test_colour_and_background_edits_of_rendered_scenes_are_right_and_keep_the_r
             mse = np.mean((edit[region].astype(float) - image[region]) ** 2)
             kept.append(10 * np.log10(255 ** 2 / mse))
     assert min(kept) >= 20 and np.mean(kept) >= 28, kept
+
+
+def test_strength_edits_only_the_last_fraction_of_the_steps(model, inversions):
+    """strength 0: the target follows the source all the way (the reconstruction, bit for bit); strength 0.5:
+    it differs from the source, and less than a full-strength edit does."""
+    inv, target = inversions["direct"], "a green circle on a blue background"
+    none = edit_latents(model, inv, [target], EditSettings(strength=0.0))
+    assert torch.equal(none.latents[1], none.latents[0])
+    half = edit_latents(model, inv, [target], EditSettings(strength=0.5)).latents
+    full = edit_latents(model, inv, [target], EditSettings(strength=1.0)).latents
+    moved = lambda z: float((z[1] - z[0]).norm())  # noqa: E731
+    assert 0 < moved(half) < moved(full)
+
+
+def test_added_words_edit_in_refine_mode_and_the_source_row_is_untouched(model, inversions):
+    inv = inversions["direct"]
+    run = edit_latents(model, inv, ["a red circle on a blue blue background"])
+    assert run.mode == "refine" and torch.isfinite(run.latents).all()
+    assert torch.equal(run.latents[0], inv.z0[0]) and not torch.equal(run.latents[1], run.latents[0])
+    with pytest.raises(ValueError, match="--mode replace"):
+        edit_latents(model, inv, ["a red circle on a blue blue background"], EditSettings(mode="replace"))
