@@ -324,14 +324,16 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
 
 def edit(model, image_or_inversion, source: Optional[str], targets, settings: "EditSettings" = EditSettings(),
          inversion: InversionSettings = InversionSettings(guidance=7.5), out: Optional[str | os.PathLike] = None,
-         max_side: Optional[int] = None, fit: str = "pad", progress: Progress = no_progress):
+         max_side: Optional[int] = None, fit: str = "pad", progress: Progress = no_progress,
+         stem: Optional[str] = None):
     """Edit a photo (or a saved inversion made with `source`) into each target prompt; see `editor.edit`.
 
     Returns an `editor.EditResult`: the edited images, the source branch's reconstruction, and the report.
     """
     from .editor import edit as run_edit
 
-    return run_edit(model, image_or_inversion, source, targets, inversion, settings, out, max_side, fit, progress)
+    return run_edit(model, image_or_inversion, source, targets, inversion, settings, out, max_side, fit, progress,
+                    stem)
 
 
 __all__ = ["InveditError", "EditSettings", "edit", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",

@@ -114,9 +114,11 @@ def _compare_picture(original, recon, edits, targets, masks) -> np.ndarray:
 def edit(model, image_or_inversion: Any, source: Optional[str], targets: Sequence[str],
          settings: InversionSettings = InversionSettings(guidance=7.5), edit_settings: EditSettings = EditSettings(),
          out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-         progress: Progress = no_progress) -> EditResult:
-    """Edit a photo (or an inversion) from `source` to each of `targets`; see the module docstring."""
-    targets = [t for t in targets]
+         progress: Progress = no_progress, stem: Optional[str] = None) -> EditResult:
+    """Edit a photo (or an inversion) from `source` to each of `targets`; see the module docstring.
+
+    Outputs are named after the input (`stem` overrides that)."""
+    targets, stem_override = [t for t in targets], stem
     if not targets or any(not t.strip() for t in targets):
         raise InveditError("give at least one non-empty target prompt (--target)")
     start, warnings = time.perf_counter(), []
@@ -147,7 +149,7 @@ def edit(model, image_or_inversion: Any, source: Optional[str], targets: Sequenc
     result = _finish(model, inversion, prepared, targets, run, pixels, edit_settings, seconds, warnings)
     if out is None:
         return result
-    paths = _write(Path(out), stem, result, written)  # 5.
+    paths = _write(Path(out), stem_override or stem, result, written)  # 5.
     return EditResult(result.images, result.reconstruction, result.report, paths, result.warnings, result.mask,
                       result.pictures)
 

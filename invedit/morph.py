@@ -128,14 +128,16 @@ class _Segment:
 def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
                 settings: InversionSettings = InversionSettings(), interp: InterpolationSettings = InterpolationSettings(),
                 out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
-                progress: Progress = no_progress) -> InterpolateResult:
-    """Interpolate between two or more photos or inversion files (see the module docstring)."""
+                progress: Progress = no_progress, names: Optional[Sequence[str]] = None) -> InterpolateResult:
+    """Interpolate between two or more photos or inversion files (see the module docstring).
+
+    `names` label the inputs in the report (default: their file names)."""
     if len(inputs) < 2:
         raise InveditError("interpolation needs at least two inputs")
     if len(prompts) not in (1, len(inputs)):
         raise InveditError(f"give one prompt, or one per input ({len(inputs)}); got {len(prompts)}")
     prompts = list(prompts) * len(inputs) if len(prompts) == 1 else list(prompts)
-    names = [getattr(x, "name", None) or Path(str(x)).name for x in inputs]
+    names = list(names) if names is not None else [getattr(x, "name", None) or Path(str(x)).name for x in inputs]
     start, warnings, inversions, new = time.perf_counter(), [], [], {}
     for item, prompt in zip(inputs, prompts):  # 1. inputs → inversions
         inv, w, made = _as_inversion(model, item, prompt, settings, max_side, fit, progress)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from invedit.cli import main
 
-COMMANDS = ["invert", "reconstruct", "roundtrip", "edit", "interpolate", "sample", "info"]
+COMMANDS = ["invert", "reconstruct", "roundtrip", "edit", "interpolate", "run", "recipe", "sample", "info"]
 
 
 @pytest.fixture

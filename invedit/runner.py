@@ -1,0 +1,187 @@
+"""Running a recipe: every (item, step) once, resumable, with a manifest and a summary.
+
+1. Items and tasks are planned before any work (`recipes.items_of`): a path that matches nothing fails here.
+2. Each task has a key (its step's settings, the image's content, the model's fingerprint, the inversion
+   settings); the manifest (`out/manifest.jsonl`, one line appended per finished task) says which keys are
+   done. A task whose key is done and whose outputs all exist is skipped; a rerun after a kill redoes only
+   what had not finished (each command's outputs appear all at once, `io.output_set`).
+3. Inversions are cached in `out/.cache/` by their own key and shared by every step and run that needs them.
+4. A failing task is recorded with its message and the batch goes on (`fail_fast` stops at the first).
+5. `out/summary.json` lists every task: status, outputs, figures, seconds; and the totals.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .api import InveditError, invert_image, reconstruct
+from .io import ImageError, write_text
+from .recipes import (EditStep, InterpolateStep, InvertStep, Item, Progress, Recipe, ReconstructStep, RecipeError,
+                      _digest, file_digest, items_of, output_folder)
+from .store import SUFFIX, InversionFileError, save_inversion
+
+
+@dataclass(frozen=True)
+class Task:
+    step_index: int
+    step: Any
+    item: Optional[Item]  # None: a step over all items (interpolate)
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.item.name if self.item else 'all inputs'} · step {self.step_index + 1} ({self.step.kind})"
+
+
+class Manifest:
+    """Finished tasks, one JSON line each, appended (and synced) only when a task's outputs are all in place."""
+
+    def __init__(self, path: Path):
+        self.path, self.done = path, {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.done[record["key"]] = record
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill: that task simply runs again
+
+    def finished(self, key: str) -> Optional[dict]:
+        record = self.done.get(key)
+        if record and all(Path(p).exists() for p in record.get("paths", {}).values()):
+            return record
+        return None
+
+    def add(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[record["key"]] = record
+
+
+def plan(recipe: Recipe, items: list[Item], fingerprint: str) -> list[Task]:
+    """Every task of the recipe, in order: per item for item steps, once for interpolate."""
+    digests = {item.name: file_digest(item.path) for item in items}
+    defaults = recipe.defaults.model_dump()
+    tasks = []
+    for k, step in enumerate(recipe.steps):
+        settings = step.model_dump()
+        if isinstance(step, InterpolateStep):
+            key = _digest(settings, [(i.prompt, digests[i.name]) for i in items], defaults, fingerprint)
+            tasks.append(Task(k, step, None, key))
+            continue
+        for item in items:
+            key = _digest(k, settings, item.name, item.prompt, item.targets, digests[item.name], defaults, fingerprint)
+            tasks.append(Task(k, step, item, key))
+    return tasks
+
+
+class Runner:
+    """Runs the tasks of one recipe against one model."""
+
+    def __init__(self, model, recipe: Recipe, out: Path, items: list[Item], progress: Progress):
+        self.model, self.recipe, self.out, self.items, self.progress = model, recipe, out, items, progress
+        self.settings = recipe.defaults.inversion()
+        self.cache = out / ".cache"
+
+    def inversion(self, item: Item) -> Path:
+        """The item's inversion, from the cache or made now and cached (atomically)."""
+        d = self.recipe.defaults
+        key = _digest(file_digest(item.path), self.model.fingerprint, item.prompt, d.model_dump())
+        path = self.cache / f"{key}{SUFFIX}"
+        if not path.is_file():
+            made = invert_image(self.model, item.path, item.prompt, self.settings, None, d.max_side, d.fit,
+                                self.progress)
+            save_inversion(path, made.inversion)
+        return path
+
+    def run(self, task: Task) -> tuple[dict[str, Path], dict[str, Any]]:
+        """Run one task; (outputs, figures)."""
+        step, item = task.step, task.item
+        if isinstance(step, InterpolateStep):
+            return self._interpolate(step)
+        folder = self.out / item.name
+        cached = self.inversion(item)
+        if isinstance(step, InvertStep):
+            from .store import load_inversion
+
+            target = folder / f"{item.name}{SUFFIX}"
+            save_inversion(target, load_inversion(cached))
+            return {"inversion": target}, {}
+        if isinstance(step, ReconstructStep):
+            result = reconstruct(self.model, cached, folder, item.name, self.progress)
+            return result.paths, {"metrics": result.report["metrics"], "latent_error": result.report["latent_error"]}
+        targets = list(item.targets if item.targets is not None else step.targets)
+        if not targets:
+            raise InveditError("no edit targets: give targets in the edit step or in this input")
+        from .api import edit
+
+        result = edit(self.model, cached, None, targets, step.settings(), self.settings, folder, progress=self.progress,
+                      stem=item.name)
+        return result.paths, {"edits": [{"target": e["target"], "kept": e["kept"]} for e in result.report["edits"]],
+                              "network_calls": result.report["network_calls"]}
+
+    def _interpolate(self, step: InterpolateStep) -> tuple[dict[str, Path], dict[str, Any]]:
+        from .morph import InterpolationSettings, interpolate
+
+        items = self.items
+        inversions = [self.inversion(item) for item in items]
+        interp = InterpolationSettings(frames=step.frames, mode=step.mode, renormalise=step.renormalise,
+                                       spacing=step.spacing, fps=step.fps)
+        result = interpolate(self.model, inversions, [i.prompt for i in items], self.settings, interp,
+                             self.out / "interpolation", progress=self.progress, names=[i.name for i in items])
+        return result.paths, {"segments": [{k: s[k] for k in ("from", "to", "consecutive_mean", "spread")}
+                                           for s in result.report["segments"]]}
+
+
+def run_recipe(model, recipe: Recipe, recipe_path: str | os.PathLike, *, dry_run: bool = False,
+               progress: Progress = lambda *a: None) -> dict[str, Any]:
+    """Run (or, with `dry_run`, plan) a recipe; returns the summary, also written to out/summary.json."""
+    where = Path(recipe_path)
+    base = where.resolve().parent
+    out = output_folder(base, recipe, str(where))
+    items = items_of(recipe, base, str(where))  # 1.
+    tasks = plan(recipe, items, model.fingerprint)
+    manifest = Manifest(out / "manifest.jsonl")
+    runner = Runner(model, recipe, out, items, progress)
+    start, rows = time.perf_counter(), []
+    for n, task in enumerate(tasks):  # 2.
+        done = manifest.finished(task.key)
+        row = {"task": task.label, "item": task.item.name if task.item else None, "step": task.step_index + 1,
+               "kind": task.step.kind, "key": task.key}
+        if done or dry_run:
+            rows.append({**row, "status": "done earlier" if done else "would run",
+                         **({"paths": done["paths"], "figures": done.get("figures", {})} if done else {})})
+            continue
+        t0 = time.perf_counter()
+        try:
+            paths, figures = runner.run(task)  # 3.
+        except (InveditError, ImageError, InversionFileError, ValueError) as exc:  # 4.
+            rows.append({**row, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0})
+            if recipe.fail_fast:
+                break
+            continue
+        record = {**row, "status": "done", "paths": {k: str(v) for k, v in paths.items()}, "figures": figures,
+                  "seconds": time.perf_counter() - t0}
+        manifest.add(record)
+        rows.append(record)
+        progress("recipe", n + 1, len(tasks))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "done earlier", "failed", "would run")}
+    summary = {"invedit": __version__, "recipe": str(where), "out": str(out), "model": model.describe(),
+               "defaults": recipe.defaults.model_dump(), "items": [i.name for i in items], "tasks": rows,
+               "counts": counts, "seconds": time.perf_counter() - start}
+    if not dry_run:  # 5.
+        from .report import jsonable
+
+        write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2, default=str))
+    return summary
+
+
+__all__ = ["Task", "Manifest", "plan", "run_recipe", "RecipeError"]

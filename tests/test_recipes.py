@@ -1,0 +1,123 @@
+"""Recipes (issue 10, first part): the examples in recipes/ run offline on the shipped model, a rerun redoes
+nothing, bad recipes are refused before any work with file, line and key, and one bad input does not stop
+the others."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from invedit import api
+from invedit.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "recipes").glob("*.toml"))
+pytestmark = pytest.mark.skipif(not (api.DEFAULT_MODEL / "model_index.json").is_file(), reason="no shipped model")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_there_are_at_least_four_examples():
+    assert {p.name for p in EXAMPLES} >= {"folder-roundtrip.toml", "recolour-shapes.toml", "morph-chain.toml",
+                                         "reference.toml"}
+
+
+@pytest.mark.parametrize("recipe", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_each_example_runs_and_a_rerun_redoes_nothing(recipe, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", recipe, "--set", "steps=4", "--set", f'out="{out}"', "--json"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["counts"]["failed"] == 0 and summary["counts"]["done"] == len(summary["tasks"]) > 0
+    for row in summary["tasks"]:
+        assert all(Path(p).exists() and Path(p).resolve().is_relative_to(out.resolve()) for p in row["paths"].values())
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "summary.json"}
+    again = json.loads(invoke(*args).stdout)
+    assert again["counts"]["done earlier"] == len(again["tasks"]) and again["counts"]["done"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "summary.json"} == written
+
+
+def _recipe(tmp_path, body: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(body)
+    return path
+
+
+SCENE = ROOT / "assets" / "scenes" / "yellow-star.png"
+GOOD = f'''out = "out"
+[defaults]
+steps = 3
+[[inputs]]
+path = "{SCENE}"
+prompt = "a yellow star on a blue background"
+[[steps]]
+kind = "reconstruct"
+'''
+
+
+@pytest.mark.parametrize("change, message, line", [
+    (("steps = 3", "steps = 0"), "defaults.steps: Input should be greater than or equal to 1", 3),
+    (("steps = 3", "steps = nan"), "defaults.steps", 3),
+    (("steps = 3", "guidance = nan"), "defaults.guidance: Input should be a finite number", 3),
+    (("steps = 3", "method = \"plain\""), "defaults.method: Input should be", 3),
+    (("steps = 3", "stpes = 3"), "defaults.stpes: Extra inputs are not permitted", 3),
+    (('kind = "reconstruct"', 'kind = "recon"'), "steps.0.kind: Input tag 'recon' found using 'kind' does not match", 8),
+    (('prompt = "a yellow', 'promt = "a yellow'), "inputs.0.promt: Extra inputs are not permitted", 6),
+])
+def test_bad_values_are_refused_with_file_line_and_key(tmp_path, change, message, line):
+    path = _recipe(tmp_path, GOOD.replace(*change))
+    result = invoke("recipe", "check", path)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert f"{path}:{line}:" in result.output
+    assert invoke("run", path).exit_code == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("path, message", [("missing-folder", "matches no image file"),
+                                           ("*.nothing", "matches no image file")])
+def test_inputs_that_match_nothing_are_refused_before_work(tmp_path, path, message):
+    recipe = _recipe(tmp_path, GOOD.replace(str(SCENE), path))
+    result = invoke("run", recipe)
+    assert result.exit_code == 1 and message in result.output and "inputs.0.path" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_input_is_recorded_and_the_others_go_on(tmp_path):
+    photos = tmp_path / "in"
+    (photos / "a").mkdir(parents=True)
+    (photos / "b").mkdir()
+    shutil.copy(SCENE, photos / "a" / "scene.png")
+    shutil.copy(SCENE, photos / "b" / "scene.png")  # the same stem twice: distinct outputs
+    (photos / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    recipe = _recipe(tmp_path, GOOD.replace(f'path = "{SCENE}"', 'path = "in/**/*.png"'))
+    result = invoke("run", recipe, "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    status = {row["item"]: row["status"] for row in summary["tasks"]}
+    assert status == {"broken": "failed", "scene": "done", "scene-2": "done"}
+    assert "broken.png" in next(r["error"] for r in summary["tasks"] if r["item"] == "broken")
+    assert (tmp_path / "out" / "scene" / "scene.recon.png").is_file()
+    assert (tmp_path / "out" / "scene-2" / "scene-2.recon.png").is_file()
+    Image.open(SCENE).save(photos / "a" / "broken.png")  # repaired: only it runs again
+    rerun = json.loads(invoke("run", recipe, "--json").stdout)
+    assert {row["item"]: row["status"] for row in rerun["tasks"]} == {
+        "broken": "done", "scene": "done earlier", "scene-2": "done earlier"}
+
+
+def test_dry_run_and_set_say_what_would_run(tmp_path):
+    recipe = _recipe(tmp_path, GOOD)
+    result = invoke("run", recipe, "--dry-run", "--set", "guidance=5", "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["would run"] == 1 and summary["defaults"]["guidance"] == 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_schema_describes_every_step_kind():
+    schema = json.loads(invoke("recipe", "schema").stdout)
+    kinds = {d["properties"]["kind"]["const"] for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
+    assert kinds == {"invert", "reconstruct", "edit", "interpolate"}
