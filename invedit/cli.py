@@ -536,7 +536,7 @@ def run_recipe_command(recipe, sets, dry_run, as_json):
         c = summary["counts"]
         click.echo(f"{c['done']} done, {c['done earlier']} done earlier (skipped), {c['failed']} failed"
                    + (f", {c['would run']} would run" if dry_run else "") +
-                   ("" if dry_run else f"; summary: {summary['out']}/summary.json"))
+                   ("" if dry_run else f"; summary: {summary['out']}/summary.json, page: {summary['page']}"))
     if summary["counts"]["failed"]:
         sys.exit(1)
 

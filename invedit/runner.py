@@ -7,7 +7,8 @@
    what had not finished (each command's outputs appear all at once, `io.output_set`).
 3. Inversions are cached in `out/.cache/` by their own key and shared by every step and run that needs them.
 4. A failing task is recorded with its message and the batch goes on (`fail_fast` stops at the first).
-5. `out/summary.json` lists every task: status, outputs, figures, seconds; and the totals.
+5. `out/summary.json` lists every task: status, outputs, figures, seconds; and the totals; `out/report.html`
+   shows them as a sortable page with thumbnails (`page.py`).
 """
 from __future__ import annotations
 
@@ -178,9 +179,12 @@ def run_recipe(model, recipe: Recipe, recipe_path: str | os.PathLike, *, dry_run
                "defaults": recipe.defaults.model_dump(), "items": [i.name for i in items], "tasks": rows,
                "counts": counts, "seconds": time.perf_counter() - start}
     if not dry_run:  # 5.
+        from .page import render
         from .report import jsonable
 
+        summary["page"] = str(out / "report.html")
         write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2, default=str))
+        write_text(out / "report.html", render(summary, out / "report.html"))
     return summary
 
 

@@ -121,3 +121,25 @@ def test_schema_describes_every_step_kind():
     schema = json.loads(invoke("recipe", "schema").stdout)
     kinds = {d["properties"]["kind"]["const"] for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
     assert kinds == {"invert", "reconstruct", "edit", "interpolate"}
+
+
+def test_the_report_page_is_self_contained_and_every_picture_exists(tmp_path):
+    """report.html references only files inside `out` (relative links), all of which exist; no network URL."""
+    from html.parser import HTMLParser
+
+    recipe = _recipe(tmp_path, GOOD + '\n[[steps]]\nkind = "edit"\ntargets = ["a red star on a blue background"]\n')
+    assert invoke("run", recipe).exit_code == 0
+    page = tmp_path / "out" / "report.html"
+    refs = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            refs.extend(v for k, v in attrs if k in ("src", "href"))
+
+    text = page.read_text()
+    Links().feed(text)
+    assert len([r for r in refs if r.endswith(".png")]) >= 6 and "http" not in text
+    for ref in refs:
+        target = (page.parent / ref).resolve()
+        assert target.is_file() and target.is_relative_to(page.parent.resolve()), ref
+    assert "reconstruct" in text and "edit" in text and "<script>" in text
