@@ -19,6 +19,12 @@ th{background:#f2f2f2;cursor:pointer;user-select:none}th:hover{background:#e4e4e
 img{height:96px;image-rendering:pixelated;margin:2px;border:1px solid #ddd}
 .failed{background:#fdecea}.num{text-align:right;font-variant-numeric:tabular-nums}
 """
+_LOADED = """
+window.addEventListener('load', () => {  // for checks in a real browser: how many pictures decoded
+  const imgs = [...document.images], ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+});
+"""
 _SORT = """
 document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0], rows = [...body.rows];
@@ -90,4 +96,4 @@ def render(summary: Mapping[str, Any], page: Path) -> str:
     header = "".join(f"<th>{c}</th>" for c in COLUMNS)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>invedit recipe report</title>"
             f"<style>{_STYLE}</style></head><body>{head}<table><thead><tr>{header}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table><script>{_SORT}</script></body></html>")
+            f"<tbody>{''.join(rows)}</tbody></table><script>{_SORT}{_LOADED}</script></body></html>")
