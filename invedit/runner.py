@@ -92,6 +92,13 @@ class Runner:
         self.settings = recipe.defaults.inversion()
         self.cache = out / ".cache"
 
+    def _inside(self, folder: Path) -> Path:
+        """Refuse an output folder that a link takes outside `out` (an attacker's, or a user's mistake)."""
+        for p in (folder, self.cache):
+            if p.is_symlink() or (p.exists() and not p.resolve().is_relative_to(self.out.resolve())):
+                raise InveditError(f"{p} is a link out of the recipe's out folder {self.out}: remove it")
+        return folder
+
     def inversion(self, item: Item) -> Path:
         """The item's inversion, from the cache or made now and cached (atomically)."""
         d = self.recipe.defaults
@@ -108,7 +115,7 @@ class Runner:
         step, item = task.step, task.item
         if isinstance(step, InterpolateStep):
             return self._interpolate(step)
-        folder = self.out / item.name
+        folder = self._inside(self.out / item.name)
         cached = self.inversion(item)
         if isinstance(step, InvertStep):
             from .store import load_inversion
@@ -137,7 +144,7 @@ class Runner:
         interp = InterpolationSettings(frames=step.frames, mode=step.mode, renormalise=step.renormalise,
                                        spacing=step.spacing, fps=step.fps)
         result = interpolate(self.model, inversions, [i.prompt for i in items], self.settings, interp,
-                             self.out / "interpolation", progress=self.progress, names=[i.name for i in items])
+                             self._inside(self.out / "interpolation"), progress=self.progress, names=[i.name for i in items])
         return result.paths, {"segments": [{k: s[k] for k in ("from", "to", "consecutive_mean", "spread")}
                                            for s in result.report["segments"]]}
 

@@ -192,3 +192,13 @@ def test_killed_twice_and_resumed_a_run_ends_identical_to_an_uninterrupted_one(t
             report.get("inversion", {}).pop("seconds", None)
         assert a == b, k
     assert not [p for p in (tmp_path / "killed").rglob(".*") if p.name != ".cache" and ".cache" not in p.parts]
+
+
+def test_a_linked_folder_inside_out_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "yellow-star").symlink_to(outside, target_is_directory=True)
+    result = invoke("run", _recipe(tmp_path, GOOD), "--json")
+    assert result.exit_code == 1 and "is a link out of the recipe's out folder" in result.output
+    assert list(outside.iterdir()) == []
