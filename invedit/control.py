@@ -142,6 +142,11 @@ class EditController:
     def __init__(self, plan: EditPlan):
         self.plan, self.store = plan, AttentionStore()
 
+    def wants(self, is_cross: bool, queries: int) -> bool:
+        """Whether a layer's maps are needed: every cross-attention (stored, replaced, re-weighted); self-attention
+        only where it may be injected."""
+        return is_cross or (self.plan.self_until > 0 and queries <= self.plan.max_self_tokens)
+
     def __call__(self, probs: torch.Tensor, place: str, is_cross: bool, t: int) -> torch.Tensor:
         plan, R = self.plan, self.plan.rows
         i = plan.steps.get(int(t))

@@ -271,3 +271,24 @@ def test_added_words_edit_in_refine_mode_and_the_source_row_is_untouched(model, 
     assert torch.equal(run.latents[0], inv.z0[0]) and not torch.equal(run.latents[1], run.latents[0])
     with pytest.raises(ValueError, match="--mode replace"):
         edit_latents(model, inv, ["a red circle on a blue blue background"], EditSettings(mode="replace"))
+
+
+@pytest.mark.parametrize("self_replace, expect_self_maps", [(0.0, False), (0.5, True)])
+def test_self_attention_maps_are_materialised_only_where_they_may_be_injected(model, inversions, self_replace,
+                                                                               expect_self_maps):
+    import invedit.edit as edit_module
+
+    seen = []
+    original = edit_module.EditController.__call__
+
+    def recording(self, probs, place, is_cross, t):
+        seen.append(is_cross)
+        return original(self, probs, place, is_cross, t)
+
+    edit_module.EditController.__call__ = recording
+    try:
+        edit_latents(model, inversions["direct"], ["a green circle on a blue background"],
+                     EditSettings(self_replace=self_replace))
+    finally:
+        edit_module.EditController.__call__ = original
+    assert any(seen) and (False in seen) == expect_self_maps

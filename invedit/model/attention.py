@@ -4,7 +4,9 @@ Installed only through diffusers' public `set_attn_processor`, inside a context 
 original processors back even when the edit raises. The controller is a plain callable (see
 `invedit.control`): `controller(probs (B, H, Q, L), place, is_cross, timestep) -> probs`. The timestep
 reaches the processors through `cross_attention_kwargs`, set by `Model.eps`, so controllers are keyed on
-the step and not on how many times the network was called.
+the step and not on how many times the network was called. A controller may say which layers it needs
+(`controller.wants(is_cross, queries) -> bool`); the others run fused attention (no map is materialised:
+SD's 64² self-attention would otherwise hold a 4096² map per head).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 
 Controller = Callable[[torch.Tensor, str, bool, int], torch.Tensor]
 
@@ -42,12 +45,17 @@ class ControlledAttnProcessor:
         if is_cross and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(query, key, attention_mask)  # (B·H, Q, L)
-        if timestep is not None:
-            B = probs.shape[0] // attn.heads
-            probs = self.controller(probs.view(B, attn.heads, *probs.shape[1:]), self.place, is_cross, timestep)
-            probs = probs.reshape(B * attn.heads, *probs.shape[2:])
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        wants = getattr(self.controller, "wants", None)
+        if timestep is None or attention_mask is not None or wants is None or wants(is_cross, query.shape[1]):
+            probs = attn.get_attention_scores(query, key, attention_mask)  # (B·H, Q, L)
+            if timestep is not None:
+                B = probs.shape[0] // attn.heads
+                probs = self.controller(probs.view(B, attn.heads, *probs.shape[1:]), self.place, is_cross, timestep)
+                probs = probs.reshape(B * attn.heads, *probs.shape[2:])
+            out = torch.bmm(probs, value)
+        else:  # the controller leaves this layer alone: fused attention, no (Q × L) map in memory
+            out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        hidden_states = attn.batch_to_head_dim(out)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # linear projection, dropout
         if four_d:
             hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
