@@ -171,6 +171,8 @@ def _check_geometry(inv: Inversion, max_pixels: int) -> None:
 def mismatches(inv: Inversion, model_info: Mapping[str, Any], schedule: Schedule | None = None) -> list[str]:
     """What differs between an inversion and the model (and schedule) it is about to be used with."""
     problems = []
+    if "family" in inv.model and inv.model.get("family") != model_info.get("family"):
+        problems.append(f"family: made with a {inv.model.get('family')} model, now a {model_info.get('family')} one")
     if inv.model.get("fingerprint") != model_info.get("fingerprint"):
         problems.append(f"model: made with {inv.model.get('model')!r} (fingerprint {inv.model.get('fingerprint')}), "
                         f"now {model_info.get('model')!r} (fingerprint {model_info.get('fingerprint')})")

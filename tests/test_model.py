@@ -202,3 +202,15 @@ def test_null_text_at_guidance_1_costs_only_its_pivot(tiny_model, photo):
     with torch.no_grad():
         result = invert_with("null-text", Conditioning(tiny_model.eps, cond, uncond, 1.0), z0, schedule, MethodOptions())
     assert result.network_calls == 6 and result.extras["uncond"].shape == (6, 1, 77, 32)
+
+
+def test_info_names_the_family_and_an_inversion_of_another_family_is_refused(tiny_model, photo):
+    import dataclasses
+
+    info = tiny_model.describe()
+    assert info["family"] == "sd-like (text width 32)" and info["text_encoders"] == ["CLIPTextModel"]
+    assert info["vae_parameters"] > 0 and info["text_encoder_parameters"] > 0
+    inv = api.invert_image(tiny_model, photo, "", api.InversionSettings(steps=3, method="ddim")).inversion
+    other = dataclasses.replace(inv, model={**inv.model, "family": "sd2"})
+    with pytest.raises(api.InveditError, match="family: made with a sd2 model, now a sd-like"):
+        api.reconstruct(tiny_model, other)

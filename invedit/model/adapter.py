@@ -231,6 +231,12 @@ class Model:
         pixels = self.vae.decode(z.to(self.device, self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
         return pixels.float().clamp(-1, 1).cpu()
 
+    @property
+    def family(self) -> str:
+        """Which Stable Diffusion family the model is shaped like (its UNet's text width tells SD 1.x from 2.x)."""
+        width = self.unet.config.cross_attention_dim
+        return {768: "sd1", 1024: "sd2"}.get(width, f"sd-like (text width {width})")
+
     def describe(self) -> dict:
         import diffusers
         import transformers
@@ -240,7 +246,10 @@ class Model:
                 "vae_dtype": str(self.vae_dtype).split(".")[-1], "prediction_type": self.prediction_type,
                 "vae_scale_factor": self.vae_scale_factor, "size_multiple": self.multiple,
                 "native_size": self.native_size, "noise": self.noise.to_dict(),
-                "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+                "family": self.family, "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+                "vae_parameters": sum(p.numel() for p in self.vae.parameters()),
+                "text_encoders": [type(self.text_encoder).__name__],
+                "text_encoder_parameters": sum(p.numel() for p in self.text_encoder.parameters()),
                 "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                              "transformers": transformers.__version__}}
 
