@@ -51,58 +51,69 @@ class Trajectory:
         return max(self.residuals) if self.residuals else 0.0
 
 
+def _relative_each(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """‖diff_b‖ / ‖ref_b‖ for each sample b of a batch: (B,)."""
+    return diff.flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp(min=1e-12)
+
+
 def _relative(diff: torch.Tensor, ref: torch.Tensor) -> float:
     """max over the batch of ‖diff‖ / ‖ref‖."""
-    d = diff.flatten(1).norm(dim=1)
-    r = ref.flatten(1).norm(dim=1).clamp(min=1e-12)
-    return float((d / r).max())
+    return float(_relative_each(diff, ref).max())
 
 
 def _anderson(history: list[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor) -> torch.Tensor:
-    """Anderson acceleration (Walker & Ni 2011, type II): the next iterate from the last m + 1 residuals.
+    """Anderson acceleration (Walker & Ni 2011, type II): the next iterate from the last m + 1 residuals,
+    for each sample of the batch on its own (one least-squares problem per image).
 
     With f_k = g(x_k) − x_k, choose γ minimising ‖f_k − ΔF·γ‖ and step to g(x_k) − (ΔX + ΔF)·γ.
     With one entry (or m = 0) it is the plain iteration x ← g(x).
     """
     if len(history) < 2:
         return g
-    xs = torch.stack([h[0].flatten() for h in history], 1).double()  # (n, m+1)
-    fs = torch.stack([h[1].flatten() for h in history], 1).double()
-    dx, df = xs[:, 1:] - xs[:, :-1], fs[:, 1:] - fs[:, :-1]  # (n, m)
-    gamma = torch.linalg.lstsq(df, fs[:, -1:]).solution  # (m, 1)
-    return (g.flatten().double() - ((dx + df) @ gamma).squeeze(1)).reshape(g.shape).to(g.dtype)
+    B = g.shape[0]
+    xs = torch.stack([h[0].reshape(B, -1) for h in history], 2).double()  # (B, n, m+1)
+    fs = torch.stack([h[1].reshape(B, -1) for h in history], 2).double()
+    dx, df = xs[..., 1:] - xs[..., :-1], fs[..., 1:] - fs[..., :-1]  # (B, n, m)
+    gamma = torch.linalg.lstsq(df, fs[..., -1:]).solution  # (B, m, 1)
+    return (g.reshape(B, -1).double() - ((dx + df) @ gamma).squeeze(2)).reshape(g.shape).to(g.dtype)
 
 
 def invert_step(eps_fn: EpsFn, x_to: torch.Tensor, t: int, alpha_from: float, alpha_to: float,
                 method: str, options: FixedPointOptions) -> tuple[torch.Tensor, float, int]:
     """Invert sampling step (level ᾱ_from → ᾱ_to, label t): find x_from with step(x_from) = x_to.
 
-    Returns (x_from, relative residual of the sampling step, network calls).
+    Each image of a batch is iterated on its own and stops at its own tolerance (a converged image is kept
+    as it was while the others go on), so a batch gives what one-at-a-time runs give.
+    Returns (x_from, largest relative residual of the sampling step over the batch, network calls).
     """
     a, b = step_coefficients(alpha_from, alpha_to)
     eps = eps_fn(x_to, t).to(x_to.dtype)  # plain DDIM inversion: ε at the start of the backward step
     x = (x_to - b * eps) / a  # DDIM eq. 12, reversed
     calls = 1
-    residual = float("nan")  # unknown for plain DDIM until measured (one more call)
     if method == "ddim":
-        return x, residual, calls
-    best = (float("inf"), x)
+        return x, float("nan"), calls  # unknown for plain DDIM until measured (one more call)
+    B = x.shape[0]
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    result, final = x.clone(), torch.full((B,), float("inf"), dtype=torch.float64, device=x.device)
+    best_r, best_x = final.clone(), x.clone()
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x_k, g(x_k) − x_k) for Anderson
     for _ in range(options.max_iter):
         eps = eps_fn(x, t).to(x.dtype)
         g = (x_to - b * eps) / a  # g(x): the fixed-point map, DDIM eq. 12 reversed with ε(x)
         calls += 1
         # step(x) − x_to = a·x + b·ε(x) − x_to = a·(x − g(x)): the residual of x comes for free
-        residual = abs(a) * _relative(x - g, x_to)
-        if residual <= options.tol:
-            return g, residual, calls  # within tol/a of x, and one iteration further on
-        if residual < best[0]:
-            best = (residual, x)
+        r = abs(a) * _relative_each(x - g, x_to).double()  # (B,)
+        now = (r <= options.tol) & ~done  # within tol/a of x: keep g, one iteration further on
+        result[now], final[now], done = g[now], r[now], done | now
+        better = (r < best_r) & ~done
+        best_r, best_x[better] = torch.where(better, r, best_r), x[better]
+        if bool(done.all()):
+            break
         history = (history + [(x, g - x)])[-(options.anderson + 1):]
-        x = _anderson(history, g)
-    # not converged (a rough network or a large step): keep the best iterate seen, with its true residual
-    residual, x = best
-    return x, residual, calls
+        x = torch.where(done.view(-1, *[1] * (x.dim() - 1)), x, _anderson(history, g))
+    # not converged (a rough network or a large step): the best iterate seen, with its true residual
+    result[~done], final[~done] = best_x[~done], best_r[~done]
+    return result, float(final.max()), calls
 
 
 def invert(eps_fn: EpsFn, z0: torch.Tensor, schedule: Schedule, method: str = "ddim",
