@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -141,24 +141,43 @@ def check_image(path: str | os.PathLike) -> None:
 def invert_prepared(model, prepared: Prepared, prompt: str = "", settings: InversionSettings = InversionSettings(),
                     progress: Progress = no_progress) -> tuple[Inversion, list[str]]:
     """Invert an image already sized for the model (see `io.prepare`)."""
+    return invert_many(model, [prepared], [prompt], settings, progress)[0]
+
+
+def invert_many(model, prepared: Sequence[Prepared], prompts: Sequence[str],
+                settings: InversionSettings = InversionSettings(),
+                progress: Progress = no_progress) -> list[tuple[Inversion, list[str]]]:
+    """Invert images of one working size together, one UNet batch, each under its own prompt; every image gets
+    the inversion it would get alone (to float rounding: methods act per image). Seconds, calls and
+    residuals in each inversion's stats are the batch's."""
+    if len(prepared) != len(prompts) or not prepared:
+        raise InveditError(f"give one prompt per image: {len(prepared)} images, {len(prompts)} prompts")
+    if len({tuple(p.pixels.shape) for p in prepared}) != 1:
+        raise InveditError("images inverted together need one working size: " +
+                           ", ".join(f"{p.source} {tuple(p.pixels.shape[-2:])}" for p in prepared))
     seconds: dict[str, float] = {}
     schedule = Schedule.create(model.noise, settings.steps)
     with torch.no_grad():
         with _timed(seconds, "encode", model.device):
-            z0 = model.encode_image(prepared.pixels)  # (1, 4, H/f, W/f)
-            c = conditioning_for(model, prompt, settings.negative_prompt, settings.guidance)
+            z0 = model.encode_image(torch.cat([p.pixels for p in prepared]))  # (B, 4, H/f, W/f)
+            cond = model.encode_text(list(prompts))  # (B, L, D)
+            c = Conditioning(model.eps, cond, model.encode_text([settings.negative_prompt]), settings.guidance)
         with _timed(seconds, "invert", model.device):
             result = invert_with(settings.method, c, z0, schedule, settings.options(), progress)
-    warnings = _prompt_warnings(model, prompt) + _convergence_warnings(settings, result.residuals)
     finite = [r for r in result.residuals if r == r]
     stats = {"residuals": list(result.residuals), "network_calls": result.network_calls,
-             "max_residual": max(finite) if finite else float("nan"), "seconds": seconds,
+             "max_residual": max(finite) if finite else float("nan"), "seconds": seconds, "batch": len(prepared),
              "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
-    pixels = prepared.pixels.mul(127.5).add(127.5).round().to(torch.uint8)
-    inversion = Inversion(result.x_T, z0, schedule, settings.method, prompt, settings.guidance, model.describe(),
-                          {**prepared.describe(), "invedit": __version__}, stats, result.extras,
-                          settings.negative_prompt, pixels)
-    return inversion, warnings
+    per_step = METHODS[settings.method].per_step
+    out = []
+    for k, (p, prompt) in enumerate(zip(prepared, prompts)):
+        extras = {name: (t[:, k:k + 1] if name in per_step else t[k:k + 1]).clone() for name, t in result.extras.items()}
+        pixels = p.pixels.mul(127.5).add(127.5).round().to(torch.uint8)
+        inversion = Inversion(result.x_T[k:k + 1].clone(), z0[k:k + 1].clone(), schedule, settings.method, prompt,
+                              settings.guidance, model.describe(), {**p.describe(), "invedit": __version__}, stats,
+                              extras, settings.negative_prompt, pixels)
+        out.append((inversion, _prompt_warnings(model, prompt) + _convergence_warnings(settings, result.residuals)))
+    return out
 
 
 def _convergence_warnings(settings: InversionSettings, residuals) -> list[str]:

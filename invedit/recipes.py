@@ -66,6 +66,11 @@ class Defaults(_Model):
     edict_mix: float = Field(0.93, ge=0.5, lt=1)
     max_side: Optional[int] = Field(None, ge=0, description="downscale to this long side; 0: none")
     fit: Literal["pad", "crop"] = "pad"
+    batch_size: int = Field(4, ge=1, le=64, description="images inverted together (one UNet batch)")
+
+    def key(self) -> dict[str, Any]:
+        """What decides an inversion's numbers (the batch size does not: methods act per image)."""
+        return self.model_dump(exclude={"batch_size"})
 
     def inversion(self) -> InversionSettings:
         keys = ("steps", "method", "guidance", "negative_prompt", "tol", "max_iter", "pivot", "null_text_steps",

@@ -5,7 +5,8 @@
    settings); the manifest (`out/manifest.jsonl`, one line appended per finished task) says which keys are
    done. A task whose key is done and whose outputs all exist is skipped; a rerun after a kill redoes only
    what had not finished (each command's outputs appear all at once, `io.output_set`).
-3. Inversions are cached in `out/.cache/` by their own key and shared by every step and run that needs them.
+3. Inversions are made `batch_size` images at a time (one UNet batch) and cached in `out/.cache/` by their own
+   key, shared by every step and run that needs them.
 4. A failing task is recorded with its message and the batch goes on (`fail_fast` stops at the first).
 5. `out/summary.json` lists every task: status, outputs, figures, seconds; and the totals; `out/report.html`
    shows them as a sortable page with thumbnails (`page.py`).
@@ -70,7 +71,7 @@ class Manifest:
 def plan(recipe: Recipe, items: list[Item], fingerprint: str) -> list[Task]:
     """Every task of the recipe, in order: per item for item steps, once for interpolate."""
     digests = {item.name: file_digest(item.path) for item in items}
-    defaults = recipe.defaults.model_dump()
+    defaults = recipe.defaults.key()
     tasks = []
     for k, step in enumerate(recipe.steps):
         settings = step.model_dump()
@@ -99,11 +100,42 @@ class Runner:
                 raise InveditError(f"{p} is a link out of the recipe's out folder {self.out}: remove it")
         return folder
 
+    def cached(self, item: Item) -> Path:
+        key = _digest(file_digest(item.path), self.model.fingerprint, item.prompt, self.recipe.defaults.key())
+        return self.cache / f"{key}{SUFFIX}"
+
+    def invert_in_batches(self) -> None:
+        """Fill the cache batch by batch: items of one working size, in recipe order, `batch_size` at a time. The
+        batches are fixed by the recipe, so a batch is recomputed whole after a kill and gives the same numbers.
+        An unreadable item is left out here; its own tasks report it."""
+        from .api import invert_many
+        from .io import load_image
+
+        d, groups = self.recipe.defaults, {}
+        for item in self.items:
+            try:
+                prepared = load_image(item.path, self.model.multiple,
+                                      self.model.native_size if d.max_side is None else d.max_side, d.fit)
+            except (ImageError, ValueError):
+                continue
+            groups.setdefault(tuple(prepared.pixels.shape), []).append((item, prepared))
+        batches = [group[k:k + d.batch_size] for group in groups.values() for k in range(0, len(group), d.batch_size)]
+        for n, batch in enumerate(batches):
+            if all(self.cached(item).is_file() for item, _ in batch):
+                continue
+            try:
+                made = invert_many(self.model, [p for _, p in batch], [i.prompt for i, _ in batch], self.settings,
+                                   self.progress)
+            except (InveditError, ValueError):
+                continue  # each item tries again alone, and reports its own error
+            for (item, _), (inversion, _) in zip(batch, made):
+                save_inversion(self.cached(item), inversion)
+            self.progress("invert batches", n + 1, len(batches))
+
     def inversion(self, item: Item) -> Path:
         """The item's inversion, from the cache or made now and cached (atomically)."""
         d = self.recipe.defaults
-        key = _digest(file_digest(item.path), self.model.fingerprint, item.prompt, d.model_dump())
-        path = self.cache / f"{key}{SUFFIX}"
+        path = self.cached(item)
         if not path.is_file():
             made = invert_image(self.model, item.path, item.prompt, self.settings, None, d.max_side, d.fit,
                                 self.progress)
@@ -160,6 +192,8 @@ def run_recipe(model, recipe: Recipe, recipe_path: str | os.PathLike, *, dry_run
     manifest = Manifest(out / "manifest.jsonl")
     runner = Runner(model, recipe, out, items, progress)
     start, rows = time.perf_counter(), []
+    if not dry_run and any(not manifest.finished(t.key) for t in tasks):
+        runner.invert_in_batches()  # 3.
     for n, task in enumerate(tasks):  # 2.
         done = manifest.finished(task.key)
         row = {"task": task.label, "item": task.item.name if task.item else None, "step": task.step_index + 1,

@@ -202,3 +202,23 @@ def test_a_linked_folder_inside_out_is_refused(tmp_path):
     result = invoke("run", _recipe(tmp_path, GOOD), "--json")
     assert result.exit_code == 1 and "is a link out of the recipe's out folder" in result.output
     assert list(outside.iterdir()) == []
+
+
+def test_batched_inversions_equal_one_at_a_time(tmp_path):
+    """batch_size 3 inverts the three scenes in one UNet batch; their reconstructions equal batch_size 1's to
+    one grey level (the batch's rounding), and the batch size does not change any task's key."""
+    import numpy as np
+
+    body = GOOD.replace(f'path = "{SCENE}"', f'path = "{ROOT / "assets" / "scenes"}"').replace("steps = 3", "steps = 6")
+    body = body.replace('prompt = "a yellow star on a blue background"', 'prompt = "a shape on a background"')
+    recipe = _recipe(tmp_path, body)
+    one = json.loads(invoke("run", recipe, "--set", "batch_size=1", "--set", 'out="one"', "--json").stdout)
+    three = json.loads(invoke("run", recipe, "--set", "batch_size=3", "--set", 'out="three"', "--json").stdout)
+    assert [r["key"] for r in one["tasks"]] == [r["key"] for r in three["tasks"]]
+    for name in ("yellow-star", "red-circle", "cyan-square"):
+        a = np.asarray(Image.open(tmp_path / "one" / name / f"{name}.recon.png"), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "three" / name / f"{name}.recon.png"), dtype=int)
+        assert np.abs(a - b).max() <= 1
+    stats = [json.loads((tmp_path / d / "cyan-square" / "cyan-square.report.json").read_text())
+             for d in ("one", "three")]
+    assert [s["inversion"]["network_calls"] for s in stats] == [12, 12]  # a batch of three costs what one image does
