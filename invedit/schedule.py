@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 SPACINGS = ("leading", "trailing", "linspace")
+MAX_TRAIN_TIMESTEPS = 100_000  # diffusers' models use 1,000; a bound keeps a hostile config from allocating GBs
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
@@ -48,6 +49,15 @@ class NoiseConfig:
             raise ValueError(f"timestep_spacing {self.timestep_spacing!r} is not one of {SPACINGS}")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"prediction_type {self.prediction_type!r} is not epsilon, v_prediction or sample")
+        T = self.num_train_timesteps
+        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_TRAIN_TIMESTEPS:
+            raise ValueError(f"num_train_timesteps {T!r} is not an integer between 1 and {MAX_TRAIN_TIMESTEPS}")
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} {value!r} is not a number in [0, 1)")
+        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or not 0 <= self.steps_offset < T:
+            raise ValueError(f"steps_offset {self.steps_offset!r} is not an integer in [0, {T})")
 
     @classmethod
     def from_scheduler_config(cls, config: Mapping[str, Any]) -> "NoiseConfig":

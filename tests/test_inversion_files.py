@@ -152,3 +152,16 @@ def test_non_finite_options_are_refused(tiny_model_dir, photo, tmp_path, args, m
                                               "--out", str(out)])
     assert result.exit_code == 1 and message in result.output, result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("schedule.noise.num_train_timesteps", 10**12, "num_train_timesteps 1000000000000 is not an integer between"),
+    ("schedule.noise.beta_end", 7, "beta_end 7 is not a number in [0, 1)"),
+    ("schedule.noise.steps_offset", -3, "steps_offset -3 is not an integer"),
+])
+def test_a_hostile_noise_config_is_refused_before_it_allocates(valid, tmp_path, key, value, message):
+    """Found by the property tests: a huge num_train_timesteps made the schedule check allocate ~24 GB."""
+    meta, tensors = _parts(valid["ddim"])
+    with pytest.raises(InversionFileError) as err:
+        load_inversion(_write(tmp_path / "bad.inversion.safetensors", _set(meta, key, value), tensors))
+    assert message in str(err.value)
