@@ -356,4 +356,4 @@ def edit(model, image_or_inversion, source: Optional[str], targets, settings: "E
 
 
 __all__ = ["InveditError", "EditSettings", "edit", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
-           "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "reconstruct", "roundtrip", "generate", "prepare"]
+           "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "invert_many", "reconstruct", "roundtrip", "generate", "prepare"]
