@@ -200,6 +200,9 @@ def main(debug: bool) -> None:
     \b
     Try it on the model that ships in the repository (no download):
       invedit roundtrip assets/photos/astronaut.png --prompt "a photo" --out runs/astro
+      invedit edit assets/scenes/yellow-star.png -s "a yellow star on a blue background" \\
+          -t "a red star on a blue background" --out runs/edit
+      invedit run recipes/recolour-shapes.toml
     """
 
 
@@ -358,113 +361,6 @@ def interpolate(inputs, model, model_config, device, dtype, prompt, steps, metho
         click.echo(f"{kind:>8s}: {path}")
 
 
-def _reweights(values) -> tuple[tuple[str, float], ...]:
-    pairs = []
-    for item in values:
-        word, sep, scale = item.partition("=")
-        try:
-            pairs.append((word.strip(), float(scale)))
-        except ValueError:
-            sep = ""
-        if not sep or not word.strip():
-            raise click.BadParameter(f"{item!r} is not WORD=SCALE (e.g. red=2 or background=0.5)",
-                                     param_hint="--reweight")
-    return tuple(pairs)
-
-
-@main.command()
-@click.argument("source_file", metavar="IMAGE|INVERSION", type=click.Path(exists=True, dir_okay=False))
-@click.option("--source", "-s", default=None,
-              help="Prompt that describes the image as it is (an inversion file carries its own).")
-@click.option("--target", "-t", "targets", multiple=True, required=True,
-              help="Prompt of the edited image; repeat for several edits in one batch.")
-@model_options
-@inversion_options(prompt=False, method="direct", guidance=7.5)
-@click.option("--cross-replace", type=click.FloatRange(0, 1), default=0.8, show_default=True,
-              help="Fraction of steps whose cross-attention maps come from the source branch (P2P).")
-@click.option("--self-replace", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Fraction of steps whose self-attention maps come from the source branch.")
-@click.option("--blend", multiple=True, metavar="WORD",
-              help="Local blend: only the region these words attend to may change (repeatable).")
-@click.option("--keep", multiple=True, metavar="WORD",
-              help="Keep the region these words attend to as it is; alone, everything else may change.")
-@click.option("--blend-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
-              help="Blend mask: word attention above this fraction of its peak.")
-@click.option("--blend-dilate", type=click.IntRange(0), default=1, show_default=True,
-              help="Blend mask: grow by this many attention cells.")
-@click.option("--blend-start", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Fraction of steps before blending starts.")
-@click.option("--reweight", multiple=True, metavar="WORD=SCALE",
-              help="Scale the edit's attention to a word of the target (e.g. red=2); repeatable.")
-@click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Edit only this last fraction of the steps (SDEdit-like); before that the edit follows the source.")
-@click.option("--mode", type=click.Choice(["auto", "replace", "refine"]), default="auto", show_default=True,
-              help="replace: word swap (equal token counts); refine: words added or removed; auto: from the prompts.")
-@image_options
-@output_options
-@friendly
-def edit(source_file, source, targets, model, model_config, device, dtype, steps, method, guidance, tol,
-         max_iter, pivot, null_text_lr, null_text_steps, negative_prompt, cross_replace, self_replace, blend, keep,
-         blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit, out, as_json):
-    """Edit a photo from a source prompt to one or more target prompts (Prompt-to-Prompt).
-
-    The image is inverted under --source with --method at --guidance; then the source branch (which
-    replays the inversion) and one branch per --target regenerate in one batch, the targets taking the
-    source's attention maps. Writes OUT/<name>.edit.png (or .edit-<k>.png for several targets),
-    .edit-compare.png (input | reconstruction | edits | blend masks), .attention.png (the source's
-    attention per word), .edit.json, and the inversion, to reuse with other targets.
-
-    \b
-    Examples:
-      invedit edit photo.png -s "a red circle on a blue background" -t "a green circle on a blue background"
-      invedit edit photo.png -s "a red circle on a blue background" -t "a red square on a blue background" \\
-          -t "a red circle on a yellow background" --blend circle --out runs/edit
-      invedit edit runs/edit/photo.inversion.safetensors -t "a red star on a blue background" --out runs/edit
-    """
-    from . import api
-
-    if source_file.endswith(".safetensors"):
-        _refuse_for_saved([source_file])
-    else:
-        api.check_image(source_file)
-    try:
-        edit_settings = api.EditSettings(cross_replace=cross_replace, self_replace=self_replace, blend=tuple(blend),
-                                         keep=tuple(keep), blend_threshold=blend_threshold, blend_dilate=blend_dilate,
-                                         blend_start=blend_start, reweight=_reweights(reweight), strength=strength,
-                                         mode=mode)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
-                         negative_prompt)
-    m = _load(model, model_config, device, dtype)
-    result = api.edit(m, source_file, source, list(targets), edit_settings, settings, out, max_side, fit, Bars())
-    _show_edit(result, as_json)
-
-
-def _show_edit(result, as_json: bool) -> None:
-    from .report import jsonable
-
-    for w in result.warnings:
-        click.secho(f"warning: {w}", fg="yellow", err=True)
-    report = result.report
-    if as_json:
-        click.echo(json.dumps(jsonable({**report, "files": {k: str(v) for k, v in result.paths.items()}}), indent=2))
-        return
-    inv, calls = report["inversion"], report["network_calls"]
-    click.echo(f"{inv['method']} inversion, {inv['steps']} steps, guidance {inv['guidance']:g}, {report['mode']} "
-               f"mode; network calls: {calls['invert']} to invert + {calls['edit']} for the batch of "
-               f"{calls['batch_rows']} rows")
-    recon = report["reconstruction_vs_input"]["psnr"]
-    click.echo(f"source branch (reconstruction) vs input: {recon:.2f} dB")
-    for k, e in enumerate(report["edits"]):
-        kept = e["kept"]
-        click.echo(f"edit {k + 1} {e['target']!r}: kept {kept['region']} ({kept['fraction']:.0%} of the image) "
-                   f"{kept['vs_input']['psnr']:.2f} dB vs input (VAE ceiling {kept['vae_vs_input']['psnr']:.2f} dB), "
-                   f"{kept['vs_reconstruction']['psnr']:.2f} dB vs reconstruction")
-    for kind, path in result.paths.items():
-        click.echo(f"{kind:>15s}: {path}")
-
-
 @main.command()
 @model_options
 @click.option("--prompt", "-p", required=True, help="What to draw.")
@@ -500,93 +396,6 @@ def sample(model, model_config, device, dtype, prompt, negative_prompt, count, s
             click.echo(str(p))
 
 
-@main.command("run")
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value (TOML syntax; a [defaults] key may be given bare), e.g. guidance=5.")
-@click.option("--dry-run", is_flag=True, help="Say what would run and what is done already; run nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@friendly
-def run_recipe_command(recipe, sets, dry_run, as_json):
-    """Run a RECIPE (a TOML file): invert, reconstruct, edit and interpolate its inputs.
-
-    A rerun skips every task that finished with the same settings (out/manifest.jsonl) and reuses cached
-    inversions; a failing input is recorded in out/summary.json and the others go on. The exit code is 1
-    when any task failed.
-
-    \b
-    Examples:
-      invedit run recipes/recolour-shapes.toml
-      invedit run recipes/folder-roundtrip.toml --set steps=20 --set out=runs/quick --dry-run
-    """
-    from .recipes import load_recipe
-    from .runner import run_recipe
-
-    parsed = load_recipe(recipe, list(sets))
-    m = _load(parsed.model or None, None, parsed.device, parsed.dtype)
-    summary = run_recipe(m, parsed, recipe, dry_run=dry_run, progress=Bars())
-    if as_json:
-        from .report import jsonable
-
-        click.echo(json.dumps(jsonable(summary), indent=2, default=str))
-    else:
-        for row in summary["tasks"]:
-            extra = f": {row['error']}" if row["status"] == "failed" else ""
-            click.echo(f"{row['status']:>12s}  {row['task']}{extra}")
-        c = summary["counts"]
-        click.echo(f"{c['done']} done, {c['done earlier']} done earlier (skipped), {c['failed']} failed"
-                   + (f", {c['would run']} would run" if dry_run else "") +
-                   ("" if dry_run else f"; summary: {summary['out']}/summary.json, page: {summary['page']}"))
-    if summary["counts"]["failed"]:
-        sys.exit(1)
-
-
-@main.group()
-def recipe() -> None:
-    """Check a recipe or print its JSON schema (for editors).
-
-    \b
-    Example:
-      invedit recipe check recipes/recolour-shapes.toml
-    """
-
-
-@recipe.command("check")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, as `run` does.")
-@friendly
-def recipe_check(path, sets):
-    """Validate a recipe and list its inputs, without loading a model.
-
-    \b
-    Example:
-      invedit recipe check recipes/recolour-shapes.toml
-    """
-    from pathlib import Path
-
-    from .recipes import items_of, load_recipe, output_folder
-
-    parsed = load_recipe(path, list(sets))
-    base = Path(path).resolve().parent
-    items = items_of(parsed, base, path)
-    out = output_folder(base, parsed, path)
-    click.echo(f"{path}: valid; {len(items)} inputs × {len(parsed.steps)} steps "
-               f"({', '.join(s.kind for s in parsed.steps)}); outputs in {out}")
-
-
-@recipe.command("schema")
-def recipe_schema():
-    """Print the JSON schema of a recipe.
-
-    \b
-    Example:
-      invedit recipe schema > recipe.schema.json
-    """
-    from .recipes import schema
-
-    click.echo(json.dumps(schema(), indent=2))
-
-
 @main.command()
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -605,3 +414,7 @@ def info(model, model_config, device, dtype, as_json):
         return
     for key, value in described.items():
         click.echo(f"{key:>17s}: {value}")
+
+
+# Commands defined in their own modules register themselves on `main` when imported.
+from . import cli_edit, cli_recipes  # noqa: E402,F401

@@ -24,21 +24,17 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import re
-import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import __version__
 from .api import InveditError, InversionSettings
 from .edit import EditSettings
-from .io import FORMATS, write_text
 from .methods import METHODS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")

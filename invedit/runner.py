@@ -23,7 +23,7 @@ from typing import Any, Optional
 from . import __version__
 from .api import InveditError, invert_image, reconstruct
 from .io import ImageError, write_text
-from .recipes import (EditStep, InterpolateStep, InvertStep, Item, Progress, Recipe, ReconstructStep, RecipeError,
+from .recipes import (InterpolateStep, InvertStep, Item, Progress, Recipe, ReconstructStep, RecipeError,
                       _digest, file_digest, items_of, output_folder)
 from .store import SUFFIX, InversionFileError, save_inversion
 
