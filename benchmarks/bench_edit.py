@@ -211,7 +211,7 @@ class Bench:
     def edit(self, inv, edit: Edit, settings: EditSettings) -> tuple[np.ndarray, dict]:
         """The edited image and its cost (inversion + edit), plus whether the source row replayed the input."""
         start = time.perf_counter()
-        run = edit_latents(self.model, inv, [edit.caption], settings)
+        run = edit_latents(self.model, inv, [edit.caption], settings, api.replay_options(inv))
         with torch.no_grad():
             pixels = self.model.decode(run.latents)
         seconds = time.perf_counter() - start
