@@ -67,6 +67,7 @@ from invedit.methods import METHODS
 from invedit.report import jsonable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_methods import cpu_name  # noqa: E402
 from edit_peers import PeerUnavailable, load_peers  # noqa: E402
 
 SIZE = 64  # the shipped model's native size
@@ -434,16 +435,6 @@ def examples_grid(examples: list[dict], table: list[dict], scale: int = 2) -> np
 
 
 # --- the benchmark --------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def command_line() -> str:
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE") if k in os.environ)
     return f"{env} python {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}".strip()

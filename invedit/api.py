@@ -220,6 +220,21 @@ def prepared_from(inversion: Inversion) -> Prepared:
                     info.get("fit", "pad"), tuple(info.get("notes", ())))
 
 
+def fitting_inversion(model, inversion: Inversion | str | os.PathLike) -> Inversion:
+    """An inversion (loaded from its file when given a path) that fits `model`; an InveditError says what differs."""
+    name = "the inversion"
+    if not isinstance(inversion, Inversion):
+        name = str(inversion)
+        try:
+            inversion = load_inversion(inversion)
+        except InversionFileError as exc:
+            raise InveditError(str(exc)) from None
+    problems = mismatches(inversion, model.describe())
+    if problems:
+        raise InveditError(f"{name} does not fit this model:\n  " + "\n  ".join(problems))
+    return inversion
+
+
 def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[str | os.PathLike] = None,
                 stem: Optional[str] = None, progress: Progress = no_progress, *,
                 save: bool = False) -> ReconstructResult:
@@ -228,13 +243,7 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     With `save`, the inversion file is written too, in the same set of outputs (all or none appear in `out`)."""
     if not isinstance(inversion, Inversion):
         stem = stem or Path(inversion).name.removesuffix(SUFFIX).removesuffix(".safetensors")
-        try:
-            inversion = load_inversion(inversion)
-        except InversionFileError as exc:
-            raise InveditError(str(exc)) from None
-    problems = mismatches(inversion, model.describe())
-    if problems:
-        raise InveditError("the inversion does not fit this model:\n  " + "\n  ".join(problems))
+    inversion = fitting_inversion(model, inversion)
     prepared = prepared_from(inversion)
     seconds: dict[str, float] = {}
     with torch.no_grad():
@@ -356,4 +365,4 @@ def edit(model, image_or_inversion, source: Optional[str], targets, settings: "E
 
 
 __all__ = ["InveditError", "EditSettings", "edit", "InversionSettings", "InvertResult", "ReconstructResult", "SampleResult", "default_model",
-           "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "invert_many", "reconstruct", "roundtrip", "generate", "prepare"]
+           "load", "check_image", "conditioning_for", "prepared_from", "replay_options", "invert_image", "invert_prepared", "invert_many", "fitting_inversion", "reconstruct", "roundtrip", "generate", "prepare"]

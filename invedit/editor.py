@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import __version__
-from .api import InveditError, InversionSettings, invert_image, prepared_from, replay_options
+from .api import InveditError, InversionSettings, fitting_inversion, invert_image, prepared_from, replay_options
 from .edit import EditRun, EditSettings, edit_latents
 from .io import Prepared, moved, output_set, save_image, write_text
 from .methods import Progress, no_progress
 from .report import jsonable, region_metrics, side_by_side, to_unit
-from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
+from .store import SUFFIX, Inversion, save_inversion
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,7 @@ class EditResult:
 
 def _inversion_from_file(model, path, source: Optional[str]) -> tuple[Inversion, list[str]]:
     """A saved inversion, checked against the model and the source prompt (its own settings are used)."""
-    try:
-        inversion = load_inversion(path)
-    except InversionFileError as exc:
-        raise InveditError(str(exc)) from None
-    problems = mismatches(inversion, model.describe())
-    if problems:
-        raise InveditError(f"{path} does not fit this model:\n  " + "\n  ".join(problems))
+    inversion = fitting_inversion(model, path)
     if source is not None and source != inversion.prompt:
         raise InveditError(f"{path} was inverted with the prompt {inversion.prompt!r}, not --source {source!r}: "
                            "leave --source out to use the file's prompt, or invert the photo again with it")
@@ -118,7 +112,7 @@ def edit(model, image_or_inversion: Any, source: Optional[str], targets: Sequenc
     """Edit a photo (or an inversion) from `source` to each of `targets`; see the module docstring.
 
     Outputs are named after the input (`stem` overrides that)."""
-    targets, stem_override = [t for t in targets], stem
+    targets, stem_override = list(targets), stem
     if not targets or any(not t.strip() for t in targets):
         raise InveditError("give at least one non-empty target prompt (--target)")
     start, warnings = time.perf_counter(), []

@@ -132,7 +132,7 @@ class Recipe(_Model):
 
     @field_validator("out")
     @classmethod
-    def _relative_out(cls, value: str) -> str:
+    def _named_out(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("out must name a folder")
         return value
