@@ -59,9 +59,10 @@ class InversionSettings:
     null_text_steps: int = 10  # null-text: Adam steps per DDIM step at most
     null_text_lr: float = 1e-2  # null-text: Adam learning rate (the paper's, for SD; the shipped model wants 0.1)
     edict_mix: float = 0.93  # edict: mixing weight p
+    bdia_gamma: float = 1.0  # bdia: γ in (0, 1]; 1 is the time-symmetric update (below 1 the inversion is unstable)
 
     def __post_init__(self) -> None:
-        for name in ("guidance", "tol", "null_text_lr", "edict_mix"):
+        for name in ("guidance", "tol", "null_text_lr", "edict_mix", "bdia_gamma"):
             if not math.isfinite(getattr(self, name)):
                 raise InveditError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.method not in METHODS:
@@ -77,7 +78,8 @@ class InversionSettings:
 
     def options(self) -> MethodOptions:
         return MethodOptions(FixedPointOptions(self.tol, self.max_iter), self.pivot,
-                             NullTextOptions(inner_steps=self.null_text_steps, lr=self.null_text_lr), self.edict_mix)
+                             NullTextOptions(inner_steps=self.null_text_steps, lr=self.null_text_lr), self.edict_mix,
+                             self.bdia_gamma)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def invert_image(model, image: str | os.PathLike, prompt: str = "", settings: In
 
 def replay_options(inversion: Inversion) -> MethodOptions:
     saved = inversion.stats.get("settings", {})
-    return MethodOptions(edict_mix=float(saved.get("edict_mix", 0.93)))
+    return MethodOptions(edict_mix=float(saved.get("edict_mix", 0.93)), bdia_gamma=float(saved.get("bdia_gamma", 1.0)))
 
 
 def prepared_from(inversion: Inversion) -> Prepared:

@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 
-METHOD_CHOICES = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct", "edict")  # = methods.METHODS
+METHOD_CHOICES = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct", "edict", "bdia")  # = methods.METHODS
 
 
 class Bars:
@@ -88,6 +88,10 @@ def inversion_options(many: bool = False, prompt: bool = True, method: str = "fi
 
     def decorate(f: Callable) -> Callable:
         f = click.option("--negative-prompt", default="", help="Unconditional prompt of guidance.")(f)
+        f = click.option("--bdia-gamma", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                         help="bdia: γ of its update (1 is time-symmetric; below 1 the inversion grows unstable).")(f)
+        f = click.option("--edict-mix", type=click.FloatRange(0.5, 1, max_open=True), default=0.93, show_default=True,
+                         help="edict: mixing weight p of the coupled sequences.")(f)
         f = click.option("--null-text-steps", type=click.IntRange(0), default=10, show_default=True,
                          help="null-text: optimisation steps per DDIM step at most.")(f)
         f = click.option("--null-text-lr", type=click.FloatRange(0, min_open=True), default=1e-2, show_default=True,
@@ -144,16 +148,17 @@ def output_options(f: Callable) -> Callable:
     return f
 
 
-def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps, negative_prompt):
+def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps, negative_prompt,
+              edict_mix, bdia_gamma):
     from .api import InversionSettings
 
     return InversionSettings(steps=steps, method=method, guidance=guidance, tol=tol, max_iter=max_iter,
                              negative_prompt=negative_prompt, pivot=pivot, null_text_steps=null_text_steps,
-                             null_text_lr=null_text_lr)
+                             null_text_lr=null_text_lr, edict_mix=edict_mix, bdia_gamma=bdia_gamma)
 
 
 INVERSION_OPTIONS = ("prompt", "steps", "method", "guidance", "tol", "max_iter", "pivot", "null_text_lr",
-                     "null_text_steps", "negative_prompt", "max_side", "fit")
+                     "null_text_steps", "negative_prompt", "edict_mix", "bdia_gamma", "max_side", "fit")
 
 
 def _refuse_for_saved(files) -> None:
@@ -214,7 +219,7 @@ def main(debug: bool) -> None:
 @output_options
 @friendly
 def invert(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
-           null_text_lr, null_text_steps, negative_prompt, max_side, fit, out, as_json):
+           null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, max_side, fit, out, as_json):
     """Invert IMAGE to the noise x_T that regenerates it; writes OUT/<name>.inversion.safetensors.
 
     \b
@@ -227,7 +232,7 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
     m = _load(model, model_config, device, dtype)
     bars = Bars()
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
-                         negative_prompt)
+                         negative_prompt, edict_mix, bdia_gamma)
     result = api.invert_image(m, image, prompt, settings, out, max_side, fit, bars)
     stats = result.inversion.stats
     for w in result.warnings:
@@ -276,7 +281,7 @@ def reconstruct(inversion, model, model_config, device, dtype, out, as_json):
 @output_options
 @friendly
 def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
-              null_text_lr, null_text_steps, negative_prompt, max_side, fit, out, as_json):
+              null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, max_side, fit, out, as_json):
     """Invert IMAGE and regenerate it: inversion file, reconstruction, side-by-side picture and report.
 
     \b
@@ -289,7 +294,7 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
     api.check_image(image)
     m = _load(model, model_config, device, dtype)
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
-                         negative_prompt)
+                         negative_prompt, edict_mix, bdia_gamma)
     result = api.roundtrip(m, image, prompt, settings, out, max_side, fit, Bars())
     _show(result.report, result.paths, result.warnings, as_json)
 
@@ -313,8 +318,8 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
 @output_options
 @friendly
 def interpolate(inputs, model, model_config, device, dtype, prompt, steps, method, guidance, tol, max_iter, pivot,
-                null_text_lr, null_text_steps, negative_prompt, frames, mode, renormalise, spacing, batch_size, fps,
-                max_side, fit, out, as_json):
+                null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, frames, mode, renormalise, spacing,
+                batch_size, fps, max_side, fit, out, as_json):
     """Interpolate between two or more photos (or saved .inversion.safetensors files).
 
     Photos are inverted first (and their inversions saved to OUT, to reuse). Writes OUT/frames/*.png,
@@ -342,7 +347,7 @@ def interpolate(inputs, model, model_config, device, dtype, prompt, steps, metho
                                    batch_size=batch_size, fps=fps)
     m = _load(model, model_config, device, dtype)
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
-                         negative_prompt)
+                         negative_prompt, edict_mix, bdia_gamma)
     prompts = list(prompt) or [""]
     result = run_interpolation(m, inputs, prompts, settings, interp, out, max_side, fit, Bars())
     for w in result.warnings:

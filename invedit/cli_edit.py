@@ -55,8 +55,8 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
 @output_options
 @friendly
 def edit(source_file, source, targets, model, model_config, device, dtype, steps, method, guidance, tol,
-         max_iter, pivot, null_text_lr, null_text_steps, negative_prompt, cross_replace, self_replace, blend, keep,
-         blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit, out, as_json):
+         max_iter, pivot, null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, cross_replace,
+         self_replace, blend, keep, blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit, out, as_json):
     """Edit a photo from a source prompt to one or more target prompts (Prompt-to-Prompt).
 
     The image is inverted under --source with --method at --guidance; then the source branch (which
@@ -86,7 +86,7 @@ def edit(source_file, source, targets, model, model_config, device, dtype, steps
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
-                         negative_prompt)
+                         negative_prompt, edict_mix, bdia_gamma)
     m = _load(model, model_config, device, dtype)
     result = api.edit(m, source_file, source, list(targets), edit_settings, settings, out, max_side, fit, Bars())
     _show_edit(result, as_json)

@@ -8,6 +8,7 @@
 | `null-text`       | 1, then optimise ∅  | per-step optimised ∅, every row              | pivot's + optimisation | to the optimisation's loss |
 | `direct`          | 1 (pivot method)    | guided DDIM, reset onto the pivot each step  | pivot's + 1            | yes: closed loop |
 | `edict`           | w, coupled (x, y)   | coupled sequences                            | 2                      | yes, to float rounding |
+| `bdia`            | w, pairs of levels  | BDIA from the stored pair (x_T, x_1)         | 1 (N − 1 to replay)    | yes, to float rounding |
 
 Every method is one `Method` record in `METHODS`; `reconstruct`, `interpolate` and `edit` all go through
 `replay`, which takes a per-step hook `(i, x) -> x` for whatever else changes a trajectory (local blend).
@@ -26,7 +27,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .ddim import Hook, StepCallback, compose_hooks, sample, step_coefficients
+from .bdia import bdia_invert, bdia_sample, check_gamma
+from .ddim import EpsFn, Hook, StepCallback, compose_hooks, sample, step_coefficients
 from .edict import edict_invert, edict_sample
 from .guidance import CondEpsFn, guided, tile
 from .invert import FixedPointOptions, Trajectory, invert
@@ -64,10 +66,12 @@ class MethodOptions:
     pivot: str = "ddim"  # how negative-prompt, null-text and direct invert at w = 1 (ddim: as their papers)
     null_text: NullTextOptions = field(default_factory=NullTextOptions)
     edict_mix: float = 0.93  # EDICT's p
+    bdia_gamma: float = 1.0  # BDIA's γ (1: time-symmetric; below 1 the inversion amplifies rounding by 1/γ a step)
 
     def __post_init__(self) -> None:
         if self.pivot not in PIVOTS:
             raise ValueError(f"pivot {self.pivot!r} is not one of {PIVOTS}")
+        check_gamma(self.bdia_gamma)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ def _invert_edict(c, z0, schedule, options, progress) -> MethodResult:
     return MethodResult(x, {"y_T": y}, (float("nan"),) * schedule.steps, 2 * schedule.steps)
 
 
+def _invert_bdia(c, z0, schedule, options, progress) -> MethodResult:
+    x_T, x_1 = bdia_invert(c.eps_fn(), z0, schedule, options.bdia_gamma, lambda d, n: progress("invert", d, n))
+    return MethodResult(x_T, {"x_1": x_1}, (float("nan"),) * schedule.steps, schedule.steps)
+
+
 # --- replaying ----------------------------------------------------------------------------------------
 def _same(c: Conditioning, extras: Extras, schedule: Schedule) -> Conditioning:
     return c
@@ -163,6 +172,28 @@ def _direct_hook(extras: Extras) -> Optional[Hook]:
     return reset
 
 
+Sampler = Callable[[EpsFn, torch.Tensor, Extras, Schedule, MethodOptions, Optional[StepCallback], Optional[Hook]],
+                   torch.Tensor]  # (eps_fn, x_T rows, extras, schedule, options, callback, hook) -> ẑ_0
+
+
+def _ddim_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> torch.Tensor:
+    return sample(eps_fn, x_T, schedule, callback=callback, hook=hook)
+
+
+def _edict_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> torch.Tensor:
+    y_T = tile(extras["y_T"].to(x_T.device), x_T.shape[0])
+    return edict_sample(eps_fn, x_T, y_T, schedule, options.edict_mix, callback, hook)[0]
+
+
+def _bdia_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> torch.Tensor:
+    x_1 = tile(extras["x_1"].to(x_T.device), x_T.shape[0])
+    return bdia_sample(eps_fn, x_T, x_1, schedule, options.bdia_gamma, callback, hook)
+
+
+def _one_call_a_step(steps: int) -> int:
+    return steps
+
+
 @dataclass(frozen=True)
 class Method:
     """One inversion method: how it inverts, what it stores, how it replays."""
@@ -172,7 +203,8 @@ class Method:
     calls_per_step: str  # network calls per step of the inversion, for help texts and reports
     conditioning: Callable[[Conditioning, Extras, Schedule], Conditioning] = _same  # the replay's conditioning
     hook: Callable[[Extras], Optional[Hook]] = _no_hook  # what corrects the replay after each step
-    coupled: bool = False  # EDICT: replays two coupled sequences (x, y_T in extras)
+    sampler: Sampler = _ddim_sampler  # how the replay runs the schedule (EDICT's coupled pair, BDIA's pairs of levels)
+    replay_calls: Callable[[int], int] = _one_call_a_step  # network calls (on the whole batch) of a replay of N steps
     per_step: tuple[str, ...] = ()  # extras shaped (N, P, …): batched along axis 1
     noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
     anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
@@ -187,7 +219,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            per_step=("uncond",), requires=("uncond",)),
     Method("direct", _invert_direct, "the pivot's + 1", hook=_direct_hook, per_step=("offsets", "pivot"),
            anchors=("pivot",), requires=("offsets",)),
-    Method("edict", _invert_edict, "2", coupled=True, noises=("y_T",), requires=("y_T",)),
+    Method("edict", _invert_edict, "2", sampler=_edict_sampler, replay_calls=lambda n: 2 * n, noises=("y_T",),
+           requires=("y_T",)),
+    Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, replay_calls=lambda n: n - 1, noises=("x_1",),
+           requires=("x_1",)),
 )}
 
 
@@ -213,9 +248,4 @@ def replay(name: str, c: Conditioning, x_T: torch.Tensor, extras: Extras, schedu
     """
     m = method(name)
     c = m.conditioning(c, extras, schedule)
-    hook = compose_hooks(m.hook(extras), hook)
-    if m.coupled:
-        y_T = tile(extras["y_T"].to(x_T.device), x_T.shape[0])
-        x, _ = edict_sample(c.eps_fn(), x_T, y_T, schedule, options.edict_mix, callback, hook)
-        return x
-    return sample(c.eps_fn(), x_T, schedule, callback=callback, hook=hook)
+    return m.sampler(c.eps_fn(), x_T, extras, schedule, options, callback, compose_hooks(m.hook(extras), hook))

@@ -110,7 +110,7 @@ class _Segment:
                               m.per_step)
         c = Conditioning(self.model.eps, cond, uncond, a.guidance)
         z = replay(a.method, c, x_T, extras, a.schedule, replay_options(a))
-        self.calls += a.schedule.steps * (2 if m.coupled else 1)
+        self.calls += m.replay_calls(a.schedule.steps)
         return [to_uint8(p) for p in self.box(self.model.decode(z))]
 
     def render(self, weights: Sequence[float]) -> list[np.ndarray]:

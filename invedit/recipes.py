@@ -60,6 +60,7 @@ class Defaults(_Model):
     null_text_steps: int = Field(10, ge=0)
     null_text_lr: float = Field(1e-2, gt=0)
     edict_mix: float = Field(0.93, ge=0.5, lt=1)
+    bdia_gamma: float = Field(1.0, gt=0, le=1, description="bdia: γ (1: time-symmetric, the stable choice)")
     max_side: Optional[int] = Field(None, ge=0, description="downscale to this long side; 0: none")
     fit: Literal["pad", "crop"] = "pad"
     batch_size: int = Field(4, ge=1, le=64, description="images inverted together (one UNet batch)")
@@ -70,7 +71,7 @@ class Defaults(_Model):
 
     def inversion(self) -> InversionSettings:
         keys = ("steps", "method", "guidance", "negative_prompt", "tol", "max_iter", "pivot", "null_text_steps",
-                "null_text_lr", "edict_mix")
+                "null_text_lr", "edict_mix", "bdia_gamma")
         return InversionSettings(**{k: getattr(self, k) for k in keys})
 
 

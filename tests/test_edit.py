@@ -72,7 +72,7 @@ def test_refine_mapper_sends_padding_to_padding():
 
 
 # --- the batch ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["ddim", "fixed-point", "edict", "direct", "negative-prompt", "null-text"])
+@pytest.mark.parametrize("method", ["ddim", "fixed-point", "edict", "direct", "negative-prompt", "null-text", "bdia"])
 def test_a_target_equal_to_the_source_reproduces_the_reconstruction(model, inversions, method):
     """Bit for bit against the source branch of the same batch; against `reconstruct` (which runs the UNet's
     fused attention, not the explicit softmax that control needs) to float rounding."""
@@ -81,7 +81,8 @@ def test_a_target_equal_to_the_source_reproduces_the_reconstruction(model, inver
     assert torch.equal(run.latents[1], run.latents[0])
     with torch.no_grad():
         plain = replay(method, api.conditioning_for(model, SOURCE, "", 7.5), inv.x_T, inv.extras, inv.schedule)
-    assert torch.allclose(run.latents[:1], plain, atol=1e-4), (run.latents[:1] - plain).abs().max()
+    atol = 3e-4 if method == "bdia" else 1e-4  # BDIA's symmetric step keeps rounding differences, DDIM damps them
+    assert torch.allclose(run.latents[:1], plain, atol=atol), (run.latents[:1] - plain).abs().max()
 
 
 def test_direct_source_branch_is_the_inversion_exactly(model, inversions):

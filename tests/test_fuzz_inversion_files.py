@@ -38,7 +38,7 @@ def _loads_or_refuses(path) -> None:
         assert str(exc).startswith(str(path))  # names the file
         return
     assert torch.isfinite(inv.x_T).all() and inv.method in ("ddim", "fixed-point", "negative-prompt", "null-text",
-                                                             "direct", "edict")
+                                                             "direct", "edict", "bdia")
 
 
 @SLOW

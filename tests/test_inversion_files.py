@@ -19,7 +19,7 @@ def valid(tiny_model_dir, photo, tmp_path_factory):
     model = api.load(str(tiny_model_dir), device="cpu")
     out = tmp_path_factory.mktemp("valid")
     files = {}
-    for method in ("ddim", "null-text", "direct", "edict"):
+    for method in ("ddim", "null-text", "direct", "edict", "bdia"):
         settings = api.InversionSettings(steps=4, method=method, guidance=3.0, null_text_steps=1)
         result = api.invert_image(model, photo, "a cat", settings, out=out / method)
         files[method] = result.path
@@ -58,6 +58,7 @@ META_CASES = [
     ("method", "plain", "method 'plain' is not one of"),
     ("method", "edict", "needs the tensor extra.y_T"),
     ("method", "null-text", "needs the tensor extra.uncond"),
+    ("method", "bdia", "needs the tensor extra.x_1"),
     ("image.original_size", [200000, 200000], "above the 64 MP input limit"),
     ("image.original_size", [12000, 12000], "above the 64 MP input limit"),
     ("image.content_box", [0, 0, 999, 999], "does not lie inside"),
@@ -90,6 +91,8 @@ TENSOR_CASES = [
     ("direct", "extra.offsets", lambda t: t[:2].contiguous(), "expected (4, 1, …)"),
     ("direct", "extra.pivot", lambda t: t.clone().fill_(float("nan")), "extra.pivot is not all finite"),
     ("edict", "extra.y_T", lambda t: t[:, :2].contiguous(), "tensor extra.y_T has shape"),
+    ("bdia", "extra.x_1", lambda t: t[..., :-1].contiguous(), "tensor extra.x_1 has shape"),
+    ("bdia", "extra.x_1", lambda t: t.clone().fill_(float("nan")), "extra.x_1 is not all finite"),
     ("null-text", "extra.uncond", lambda t: t.clone().fill_(float("nan")), "extra.uncond is not all finite"),
 ]
 
@@ -119,7 +122,7 @@ def test_unreadable_metadata_is_refused(valid, tmp_path, raw, message):
         load_inversion(_write(tmp_path / "bad.inversion.safetensors", None, tensors, raw_meta=raw))
 
 
-@pytest.mark.parametrize("method", ["ddim", "null-text", "direct", "edict"])
+@pytest.mark.parametrize("method", ["ddim", "null-text", "direct", "edict", "bdia"])
 def test_valid_files_still_load(valid, method):
     assert load_inversion(valid[method]).method == method
 
