@@ -20,6 +20,13 @@ step after it one: N calls to invert, N − 1 to replay, exact to float rounding
 γ = 1 (the default) is the time-symmetric update: run backwards, its second root is −1/γ, so γ < 1
 amplifies rounding and the start's mismatch by (1/γ) per step in the inversion (γ = 0.5 over 50 steps:
 2⁵⁰). γ → 0 is plain DDIM, which cannot be inverted.
+
+Rows that are not the inverted trajectory (edits under other prompts) must not run BDIA themselves: at
+γ = 1 its second root sits on the unit circle, and a contracting ODE (sampling under guidance is one)
+pushes it outside, so any departure from the stored pair grows into an even/odd oscillation (measured on
+the shipped model: garbled edits). They take a DDIM step plus the source rows' BDIA correction
+γ·(x_{k−1} − x_k − Δ_back) — the closed loop of direct inversion (Ju et al. 2023) with BDIA's exact
+trajectory as the pivot, at no extra network call; a target equal to the source is the source bit for bit.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Optional
 import torch
 
 from .ddim import EpsFn, Hook, StepCallback, latent_dtype, step_coefficients
+from .guidance import tile
 from .schedule import Schedule
 
 
@@ -36,26 +44,30 @@ def check_gamma(gamma: float) -> None:
         raise ValueError(f"BDIA's gamma must be in (0, 1], got {gamma}")
 
 
-def _coefficients(schedule: Schedule, k: int, gamma: float) -> tuple[float, float]:
-    """(A, B) of x_{k+1} = γ·x_{k−1} + A·x_k + B·ε(x_k, t_k), for 1 ≤ k < N."""
-    a_fwd, b_fwd = step_coefficients(schedule.alphas[k], schedule.alphas[k + 1])
-    a_back, b_back = step_coefficients(schedule.alphas[k], schedule.alphas[k - 1])
-    return a_fwd - gamma * a_back, b_fwd - gamma * b_back
+def _moves(schedule: Schedule, k: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The DDIM coefficients (a, b) from level k forwards to k + 1 and backwards to k − 1, for 1 ≤ k < N."""
+    return (step_coefficients(schedule.alphas[k], schedule.alphas[k + 1]),
+            step_coefficients(schedule.alphas[k], schedule.alphas[k - 1]))
 
 
 def bdia_sample(eps_fn: EpsFn, x_T: torch.Tensor, x_1: torch.Tensor, schedule: Schedule, gamma: float = 1.0,
-                callback: Optional[StepCallback] = None, hook: Optional[Hook] = None) -> torch.Tensor:
+                callback: Optional[StepCallback] = None, hook: Optional[Hook] = None,
+                sources: Optional[int] = None) -> torch.Tensor:
     """Run the schedule forwards from the pair (level 0, level 1) to the clean end; returns level N.
 
+    The first `sources` rows (all when None) run BDIA; the rows after them, laid out prompt-major in groups of
+    `sources`, take a DDIM step plus their source row's correction (see the module docstring).
     `hook(i, x)` replaces the level i + 1 just reached (step 0 reaches the stored x_1)."""
     check_gamma(gamma)
     dtype = latent_dtype(x_T)
     prev, x = x_T.to(dtype), x_1.to(dtype)
-    N = schedule.steps
+    N, P = schedule.steps, x_T.shape[0] if sources is None else sources
     for k in range(N):
         if k > 0:
-            A, B = _coefficients(schedule, k, gamma)
-            prev, x = x, gamma * prev + A * x + B * eps_fn(x, schedule.timesteps[k]).to(dtype)
+            (a_fwd, b_fwd), (a_back, b_back) = _moves(schedule, k)
+            eps = eps_fn(x, schedule.timesteps[k]).to(dtype)
+            correction = gamma * (prev[:P] - (a_back * x[:P] + b_back * eps[:P]))  # γ·(x_{k−1} − x_k − Δ_back)
+            prev, x = x, a_fwd * x + b_fwd * eps + tile(correction, x.shape[0])
         if hook is not None:
             x = hook(k, x)
         if callback is not None:
@@ -74,9 +86,9 @@ def bdia_invert(eps_fn: EpsFn, z0: torch.Tensor, schedule: Schedule, gamma: floa
     if callback is not None:
         callback(1, N)
     for done, k in enumerate(range(N - 1, 0, -1), start=2):  # from the pair (k, k + 1) to level k − 1
-        A, B = _coefficients(schedule, k, gamma)
+        (a_fwd, b_fwd), (a_back, b_back) = _moves(schedule, k)
         eps = eps_fn(x, schedule.timesteps[k]).to(x.dtype)
-        nxt, x = x, (nxt - A * x - B * eps) / gamma
+        nxt, x = x, (nxt - (a_fwd * x + b_fwd * eps)) / gamma + (a_back * x + b_back * eps)  # the step, undone
         if callback is not None:
             callback(done, N)
     return x, nxt  # (level 0, level 1); with N = 1, level 1 is z_0 itself

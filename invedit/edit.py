@@ -10,12 +10,12 @@ SDEdit starts late) and local blending (outside the mask of the blend words a ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from .control import MODES, EditController, EditPlan, blend_mask, local_blend, refine_mapper
-from .methods import Conditioning, MethodOptions, Progress, no_progress, replay
+from .methods import Conditioning, counted, MethodOptions, Progress, no_progress, replay
 from .schedule import Schedule
 from .store import Inversion
 
@@ -147,14 +147,6 @@ class _Hook:
         return local_blend(x, self.mask)
 
 
-def _counted(model_eps: Callable, counter: list[int]) -> Callable:
-    def eps(x, t, cond):
-        counter[0] += 1
-        return model_eps(x, t, cond)
-
-    return eps
-
-
 def edit_latents(model, inversion: Inversion, targets: Sequence[str], settings: EditSettings = EditSettings(),
                  options: MethodOptions = MethodOptions(), progress: Progress = no_progress) -> EditRun:
     """Regenerate `inversion` under its own prompt (row 0) and each target (rows 1…K) in one batch."""
@@ -173,7 +165,7 @@ def edit_latents(model, inversion: Inversion, targets: Sequence[str], settings: 
     calls = [0]
     with torch.no_grad():
         emb = model.encode_text(prompts)  # (R, L, D)
-        c = Conditioning(_counted(model.eps, calls), emb, model.encode_text([inversion.negative_prompt]),
+        c = Conditioning(counted(model.eps, calls), emb, model.encode_text([inversion.negative_prompt]),
                          inversion.guidance, source=emb[:1])
         extras = {k: v.to(model.device) for k, v in inversion.extras.items()}
         x_T = inversion.x_T.to(model.device).repeat(R, 1, 1, 1)

@@ -86,6 +86,15 @@ def no_progress(stage: str, done: int, total: int) -> None:
     """The default Progress: report nothing."""
 
 
+def counted(model_eps: CondEpsFn, counter: list[int]) -> CondEpsFn:
+    """`model_eps` that adds 1 to counter[0] per network call (a call carries the whole batch)."""
+    def eps(x, t, cond):
+        counter[0] += 1
+        return model_eps(x, t, cond)
+
+    return eps
+
+
 # --- inverting ----------------------------------------------------------------------------------------
 def _invert_plain(c: Conditioning, z0, schedule, options: MethodOptions, progress: Progress, name: str) -> MethodResult:
     traj = invert(c.eps_fn(), z0, schedule, name, options.fixed_point, lambda d, n: progress("invert", d, n))
@@ -186,12 +195,12 @@ def _edict_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> to
 
 
 def _bdia_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> torch.Tensor:
+    """The stored pair (x_T, x_1) with the source rows' closed loop; frames that mix two inversions have no pair
+    (x_1 is an anchor) and regenerate with DDIM from their mixed noise."""
+    if "x_1" not in extras:
+        return sample(eps_fn, x_T, schedule, callback=callback, hook=hook)
     x_1 = tile(extras["x_1"].to(x_T.device), x_T.shape[0])
-    return bdia_sample(eps_fn, x_T, x_1, schedule, options.bdia_gamma, callback, hook)
-
-
-def _one_call_a_step(steps: int) -> int:
-    return steps
+    return bdia_sample(eps_fn, x_T, x_1, schedule, options.bdia_gamma, callback, hook, sources=extras["x_1"].shape[0])
 
 
 @dataclass(frozen=True)
@@ -204,7 +213,6 @@ class Method:
     conditioning: Callable[[Conditioning, Extras, Schedule], Conditioning] = _same  # the replay's conditioning
     hook: Callable[[Extras], Optional[Hook]] = _no_hook  # what corrects the replay after each step
     sampler: Sampler = _ddim_sampler  # how the replay runs the schedule (EDICT's coupled pair, BDIA's pairs of levels)
-    replay_calls: Callable[[int], int] = _one_call_a_step  # network calls (on the whole batch) of a replay of N steps
     per_step: tuple[str, ...] = ()  # extras shaped (N, P, …): batched along axis 1
     noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
     anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
@@ -219,10 +227,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            per_step=("uncond",), requires=("uncond",)),
     Method("direct", _invert_direct, "the pivot's + 1", hook=_direct_hook, per_step=("offsets", "pivot"),
            anchors=("pivot",), requires=("offsets",)),
-    Method("edict", _invert_edict, "2", sampler=_edict_sampler, replay_calls=lambda n: 2 * n, noises=("y_T",),
+    Method("edict", _invert_edict, "2", sampler=_edict_sampler, noises=("y_T",),
            requires=("y_T",)),
-    Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, replay_calls=lambda n: n - 1, noises=("x_1",),
-           requires=("x_1",)),
+    Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, noises=("x_1",),
+           anchors=("x_1",), requires=("x_1",)),
 )}
 
 

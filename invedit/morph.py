@@ -26,7 +26,7 @@ from .api import (InveditError, InversionSettings, Progress, conditioning_for, i
 from .interpolate import MODES, SPACINGS, consecutive_distances, lerp, mix_extras, mix_noise, rms_distance, spread, \
     stack_extras, uniform_weights
 from .io import contact_sheet, moved, output_set, save_gif, save_image, save_mp4, to_uint8, write_text
-from .methods import Conditioning, method, no_progress, replay
+from .methods import Conditioning, counted, method, no_progress, replay
 from .report import image_metrics, jsonable
 from .store import SUFFIX, Inversion, InversionFileError, load_inversion, mismatches, save_inversion
 
@@ -98,7 +98,7 @@ class _Segment:
         self.method = method(a.method)
         self.extras = [{k: v.to(model.device) for k, v in inv.extras.items() if k not in self.method.anchors}
                        for inv in (a, b)]
-        self.calls = 0
+        self.counter = [0]
 
     def _batch(self, weights: Sequence[float]) -> list[np.ndarray]:
         a, b, s, dev = self.a, self.b, self.s, self.model.device
@@ -108,9 +108,8 @@ class _Segment:
         m = self.method
         extras = stack_extras([mix_extras(*self.extras, w, s.mode, s.renormalise, m.noises) for w in weights],
                               m.per_step)
-        c = Conditioning(self.model.eps, cond, uncond, a.guidance)
+        c = Conditioning(counted(self.model.eps, self.counter), cond, uncond, a.guidance)
         z = replay(a.method, c, x_T, extras, a.schedule, replay_options(a))
-        self.calls += m.replay_calls(a.schedule.steps)
         return [to_uint8(p) for p in self.box(self.model.decode(z))]
 
     def render(self, weights: Sequence[float]) -> list[np.ndarray]:
@@ -151,7 +150,7 @@ def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
     for k, (a, b) in enumerate(zip(inversions, inversions[1:])):  # 3.
         segment = _Segment(model, a, b, interp)
         ws, images = segment.frames()
-        calls += segment.calls
+        calls += segment.counter[0]
         segments.append(_segment_report(names[k], names[k + 1], ws, images))
         keep = slice(0 if k == 0 else 1, None)  # a chain shares its inner endpoints
         frames += images[keep]

@@ -124,4 +124,23 @@ def test_shipped_model_round_trip_over_100_db_at_the_calls_of_ddim(guidance):
     assert psnr(recon) >= 100, psnr(recon)
     assert psnr(drift) < 60  # what plain DDIM reaches on the same image: the test can tell them apart
     assert result.network_calls == 50 and calls[0] == 50 + 49 + 100  # bdia: 99 calls; ddim: 100
-    assert METHODS["bdia"].replay_calls(50) == 49
+
+
+def test_rows_after_the_source_move_like_ddim_around_the_source_trajectory():
+    """With a linear ε (the oracle), a target row's deviation from the source row evolves exactly as under DDIM:
+    the closed loop adds the source's BDIA correction to a DDIM step. Running BDIA on the target row itself
+    (sources=None) does not, and the source row is BDIA's exact replay either way."""
+    schedule, oracle, z0 = oracle_case(50)
+    oracle.s = 0.05  # a strongly contracting flow, as sampling under guidance is
+    z0 = z0[:1]
+    x_T, x_1 = bdia_invert(oracle.eps, z0, schedule)
+    d = 1e-3 * torch.randn_like(z0)
+    first = Schedule(schedule.timesteps[:1], schedule.alphas[:2], schedule.noise)
+    d_1 = sample(oracle.eps, x_T + d, first) - sample(oracle.eps, x_T, first)  # DDIM's first step, for the target
+    rows_T, rows_1 = torch.cat([x_T, x_T + d]), torch.cat([x_1, x_1 + d_1])
+    closed = bdia_sample(oracle.eps, rows_T, rows_1, schedule, sources=1)
+    pure = bdia_sample(oracle.eps, rows_T, rows_1, schedule)
+    ddim = sample(oracle.eps, rows_T, schedule)
+    torch.testing.assert_close(closed[1] - closed[0], ddim[1] - ddim[0], rtol=0, atol=1e-12)
+    assert rel(pure[1] - pure[0], ddim[1] - ddim[0]) > 0.2
+    assert rel(closed[:1], z0) < 1e-13

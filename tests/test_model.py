@@ -214,3 +214,16 @@ def test_info_names_the_family_and_an_inversion_of_another_family_is_refused(tin
     other = dataclasses.replace(inv, model={**inv.model, "family": "sd2"})
     with pytest.raises(api.InveditError, match="family: made with a sd2 model, now a sd-like"):
         api.reconstruct(tiny_model, other)
+
+
+def test_bf16_loads_the_network_in_bf16_and_the_vae_from_its_fp32_weights(tiny_model_dir):
+    """Weights load straight into the requested dtype (no fp32 copy of the UNet), except the VAE, which
+    must keep its fp32 weights exactly (a bf16 round trip would round them)."""
+    fp32 = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
+    bf16 = load_model(str(tiny_model_dir), device="cpu", dtype="bf16")
+    assert bf16.unet.dtype == torch.bfloat16 and bf16.text_encoder.dtype == torch.bfloat16
+    assert bf16.vae.dtype == torch.float32
+    for (name, a), (_, b) in zip(sorted(fp32.vae.state_dict().items()), sorted(bf16.vae.state_dict().items())):
+        assert torch.equal(a, b), name
+    w32 = next(iter(fp32.unet.parameters()))
+    assert torch.equal(next(iter(bf16.unet.parameters())), w32.to(torch.bfloat16))

@@ -121,10 +121,13 @@ def _hub_message(source: ModelSource, exc: Exception) -> str:
     return f"could not load model {source.spec!r}: {type(exc).__name__}: {text.split(' Please check out')[0]}"
 
 
-def _load_pipeline(source: ModelSource, config: Optional[str]):
+def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtype = torch.float32):
+    """Folders and hub ids load straight into `dtype` (the VAE into fp32), so a bf16/fp16 model never holds an
+    fp32 copy of its UNet; single files load in fp32 and are cast by `Model`."""
     from diffusers import StableDiffusionPipeline
 
     common = dict(safety_checker=None, requires_safety_checker=False)
+    in_dtype = dict(dtype={"vae": torch.float32, "default": dtype}) if dtype != torch.float32 else {}
     if source.kind == "folder":
         _check_folder(Path(source.location))
     try:
@@ -133,7 +136,7 @@ def _load_pipeline(source: ModelSource, config: Optional[str]):
             if source.kind == "single-file":
                 extra = {"config": config} if config else {}
                 return StableDiffusionPipeline.from_single_file(source.location, **extra, **common)
-            return StableDiffusionPipeline.from_pretrained(source.location, **common)
+            return StableDiffusionPipeline.from_pretrained(source.location, **common, **in_dtype)
     except (OSError, ValueError, EnvironmentError) as exc:  # hub errors are OSError subclasses
         if source.kind == "hub":
             raise ModelLoadError(_hub_message(source, exc)) from exc
@@ -264,4 +267,4 @@ def load_model(spec: str | os.PathLike, *, device: str = "auto", dtype: str = "f
     if dev.type == "cpu" and dtype == "fp16":
         raise ModelLoadError("fp16 on the CPU is slow and unsupported for some layers: use fp32 or bf16 there")
     _quiet_libraries()
-    return Model(_load_pipeline(source, config), source, dev, DTYPES[dtype])
+    return Model(_load_pipeline(source, config, DTYPES[dtype]), source, dev, DTYPES[dtype])
