@@ -157,6 +157,17 @@ def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_
                              null_text_lr=null_text_lr, edict_mix=edict_mix, bdia_gamma=bdia_gamma)
 
 
+def announce(settings, images: int = 1, rows: int = 1) -> None:
+    """Say up front how many network calls a run will make (on a large model each can take seconds)."""
+    from .methods import METHODS
+
+    invert, regenerate = METHODS[settings.method].calls(settings.steps, settings.options())
+    batch = rows * (1 if settings.guidance == 1.0 else 2)
+    each = f"; each call on {batch} rows" + (" (guidance doubles them)" if settings.guidance != 1.0 else "")
+    click.echo(f"{settings.method}, {settings.steps} steps: up to {invert * images} network calls to invert "
+               f"{images} image{'s' if images != 1 else ''}, {regenerate} to regenerate{each}", err=True)
+
+
 INVERSION_OPTIONS = ("prompt", "steps", "method", "guidance", "tol", "max_iter", "pivot", "null_text_lr",
                      "null_text_steps", "negative_prompt", "edict_mix", "bdia_gamma", "max_side", "fit")
 
@@ -233,6 +244,7 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
     bars = Bars()
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
                          negative_prompt, edict_mix, bdia_gamma)
+    announce(settings)
     result = api.invert_image(m, image, prompt, settings, out, max_side, fit, bars)
     stats = result.inversion.stats
     for w in result.warnings:
@@ -295,6 +307,7 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
     m = _load(model, model_config, device, dtype)
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
                          negative_prompt, edict_mix, bdia_gamma)
+    announce(settings)
     result = api.roundtrip(m, image, prompt, settings, out, max_side, fit, Bars())
     _show(result.report, result.paths, result.warnings, as_json)
 
@@ -348,6 +361,8 @@ def interpolate(inputs, model, model_config, device, dtype, prompt, steps, metho
     m = _load(model, model_config, device, dtype)
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
                          negative_prompt, edict_mix, bdia_gamma)
+    if not any(i.endswith(".safetensors") for i in inputs):
+        announce(settings, images=len(inputs))
     prompts = list(prompt) or [""]
     result = run_interpolation(m, inputs, prompts, settings, interp, out, max_side, fit, Bars())
     for w in result.warnings:

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .cli import Bars, _load, _refuse_for_saved, _settings, friendly, image_options, inversion_options, main, \
+from .cli import Bars, _load, _refuse_for_saved, _settings, announce, friendly, image_options, inversion_options, main, \
     model_options, output_options
 
 
@@ -87,6 +87,8 @@ def edit(source_file, source, targets, model, model_config, device, dtype, steps
         raise click.BadParameter(str(exc)) from None
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
                          negative_prompt, edict_mix, bdia_gamma)
+    if not source_file.endswith(".safetensors"):
+        announce(settings, rows=1 + len(targets))
     m = _load(model, model_config, device, dtype)
     result = api.edit(m, source_file, source, list(targets), edit_settings, settings, out, max_side, fit, Bars())
     _show_edit(result, as_json)

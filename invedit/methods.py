@@ -217,20 +217,28 @@ class Method:
     noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
     anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
     requires: tuple[str, ...] = ()  # extras a replay cannot do without
+    calls: Callable[[int, MethodOptions], tuple[int, int]] = lambda n, o: (n, n)  # (inversion at most, replay)
+
+
+def _pivot_calls(n: int, o: MethodOptions) -> int:
+    return n * (o.fixed_point.max_iter + 1) if o.pivot == "fixed-point" else n
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ddim", lambda *a: _invert_plain(*a, name="ddim"), "1"),
-    Method("fixed-point", lambda *a: _invert_plain(*a, name="fixed-point"), "≤ max_iter + 1"),
-    Method("negative-prompt", _invert_negative, "the pivot's", conditioning=_negative_uncond),
+    Method("fixed-point", lambda *a: _invert_plain(*a, name="fixed-point"), "≤ max_iter + 1",
+           calls=lambda n, o: (n * (o.fixed_point.max_iter + 1), n)),
+    Method("negative-prompt", _invert_negative, "the pivot's", conditioning=_negative_uncond,
+           calls=lambda n, o: (_pivot_calls(n, o), n)),
     Method("null-text", _invert_null_text, "the pivot's + ≤ null_text_steps + 2", conditioning=_null_text_uncond,
-           per_step=("uncond",), requires=("uncond",)),
+           per_step=("uncond",), requires=("uncond",),
+           calls=lambda n, o: (_pivot_calls(n, o) + n * (o.null_text.inner_steps + 2), n)),
     Method("direct", _invert_direct, "the pivot's + 1", hook=_direct_hook, per_step=("offsets", "pivot"),
-           anchors=("pivot",), requires=("offsets",)),
-    Method("edict", _invert_edict, "2", sampler=_edict_sampler, noises=("y_T",),
-           requires=("y_T",)),
-    Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, noises=("x_1",),
-           anchors=("x_1",), requires=("x_1",)),
+           anchors=("pivot",), requires=("offsets",), calls=lambda n, o: (_pivot_calls(n, o) + n, n)),
+    Method("edict", _invert_edict, "2", sampler=_edict_sampler, noises=("y_T",), requires=("y_T",),
+           calls=lambda n, o: (2 * n, 2 * n)),
+    Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, noises=("x_1",), anchors=("x_1",), requires=("x_1",),
+           calls=lambda n, o: (n, n - 1)),
 )}
 
 

@@ -15,6 +15,7 @@ from invedit.model import ModelLoadError, load_model, resolve_source
 from invedit.model.build import save_tiny_pipeline
 from invedit.schedule import Schedule
 from invedit.store import load_inversion
+from invedit.methods import METHODS
 
 
 def test_loads_through_the_adapter(tiny_model):
@@ -227,3 +228,25 @@ def test_bf16_loads_the_network_in_bf16_and_the_vae_from_its_fp32_weights(tiny_m
         assert torch.equal(a, b), name
     w32 = next(iter(fp32.unet.parameters()))
     assert torch.equal(next(iter(bf16.unet.parameters())), w32.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_planned_calls_bound_the_inversion_and_equal_the_replay(tiny_model, name):
+    """What the CLI announces before a run: the inversion makes at most, and the replay exactly, the planned calls."""
+    from invedit.methods import Conditioning, MethodOptions, counted, invert_with, replay
+
+    options = MethodOptions(fixed_point=FixedPointOptions(tol=0.0, max_iter=3))  # tol 0: every iteration runs
+    schedule = Schedule.create(tiny_model.noise, 6)
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    counter = [0]
+    with torch.no_grad():
+        cond, uncond = tiny_model.encode_text(["a cat", ""]).chunk(2)
+        c = Conditioning(counted(tiny_model.eps, counter), cond, uncond, 3.0)
+        result = invert_with(name, c, z0, schedule, options)
+        inverted, counter[0] = counter[0], 0
+        replay(name, c, result.x_T, result.extras, schedule, options)
+    planned = METHODS[name].calls(6, options)
+    assert inverted <= planned[0] and counter[0] == planned[1], (inverted, counter[0], planned)
+    assert result.network_calls == inverted
+    if name in ("ddim", "fixed-point", "edict", "bdia"):  # no early stop: the bound is met
+        assert inverted == planned[0]
