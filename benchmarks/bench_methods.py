@@ -42,7 +42,7 @@ import torch
 
 from invedit import api, shapes
 from invedit.io import load_image
-from invedit.methods import METHODS, Conditioning, MethodOptions, invert_with, replay
+from invedit.methods import METHODS, Conditioning, MethodOptions, counted, invert_with, replay
 from invedit.nulltext import NullTextOptions
 from invedit.report import image_metrics, jsonable, latent_error, to_unit
 from invedit.schedule import Schedule
@@ -111,11 +111,13 @@ def run_row(model, name, z0, cond, uncond, w, steps):
             residual = float("nan")
         else:
             method, options = ROWS[name]
-            c = Conditioning(model.eps, cond, uncond, w)
+            counter = [0]
+            c = Conditioning(counted(model.eps, counter), cond, uncond, w)
             schedule = Schedule.create(model.noise, steps)
             result = invert_with(method, c, z0, schedule, options)
+            counter[0] = 0
             z_hat = replay(method, c, result.x_T, result.extras, schedule, options)
-            calls = result.network_calls + steps * (2 if method == "edict" else 1)
+            calls = result.network_calls + counter[0]
             finite = [r for r in result.residuals if r == r]
             residual = max(finite) if finite else float("nan")
     sync(model.device)

@@ -21,10 +21,16 @@ Peak memory: on CUDA torch.cuda.max_memory_allocated, on the CPU the process's p
 before each run through /proc/self/clear_refs); "load peak" is the child's peak before any run (loading
 the weights and the VAE encode included), which is why every configuration gets its own process.
 
+Cost: each configuration makes repeats × (ddim 2N + bdia 2N − 1 + diffusers 2N + bare UNet 2N) UNet calls
+(79 per repeat at N = 10). On one CPU thread (AMD EPYC, measured) a call takes ~2.4 s at 256² batch 1 (bf16
+~1.4 s), ~7.5 s at 256² batch 4 (bf16 ~4.8 s) and ~8.7 s at 512² batch 1 (bf16 ~6 s), so the CPU runs below
+use one repeat (~23 and ~21 min); --repeats 3 triples them, --steps 5 halves them.
+
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_realscale.py --sizes 256 --batches 1 4 \\
-        --dtypes fp32 bf16 --steps 10 --json docs/realscale-256.json --markdown docs/realscale-256.md
+        --dtypes fp32 bf16 --steps 10 --repeats 1 --json docs/realscale-256.json --markdown docs/realscale-256.md
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_realscale.py --sizes 512 --batches 1 \\
-        --dtypes fp32 bf16 --steps 10 --json docs/realscale-512.json --markdown docs/realscale-512.md
+        --dtypes fp32 bf16 --steps 10 --repeats 1 --json docs/realscale-512.json --markdown docs/realscale-512.md
+    python benchmarks/bench_realscale.py --guidance 1 7.5  # on a GPU: 256² and 512², batch 1/4/8, 3 dtypes, 50 steps
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_realscale.py --quick  # 128², batch 1, fp32, 2 steps
 """
 from __future__ import annotations
@@ -43,11 +49,12 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
-from invedit.methods import Conditioning, counted, invert_with, replay
+from invedit.methods import METHODS, Conditioning, MethodOptions, counted, invert_with, replay
 from invedit.model import load_model
 from invedit.model.build import SD_SCHEDULER, save_pipeline, write_tokenizer
 from invedit.report import jsonable
@@ -80,6 +87,8 @@ SD15_TEXT = dict(
     vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5)
 GiB = 2**30
+# every method but null-text, whose optimisation also runs backward passes that (c) would not count
+BENCH_METHODS = [m for m in METHODS if m != "null-text"]
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -173,11 +182,16 @@ def unet_inputs(model, z0, cond, uncond, w: float, schedule: Schedule):
     return x, ts, e
 
 
-def run_unet(model, inputs, calls: int) -> None:
-    """(c): `calls` bare UNet calls, nothing else."""
+def run_unet(model, inputs, calls: int, device: torch.device) -> list[float]:
+    """(c): `calls` bare UNet calls, nothing else; returns the seconds elapsed after each call (synchronised per
+    call on CUDA), so that one run times every method's count of calls."""
     x, ts, e = inputs
+    start, elapsed = time.perf_counter(), []
     for i in range(calls):
         model.unet(x, ts[i % len(ts)], encoder_hidden_states=e, return_dict=False)
+        sync(device)
+        elapsed.append(time.perf_counter() - start)
+    return elapsed
 
 
 def timed(device: torch.device, fn):
@@ -194,33 +208,289 @@ def relative_error(z_hat: torch.Tensor, z0: torch.Tensor) -> float:
     return float((z_hat.float().cpu() - z0.float().cpu()).norm() / z0.float().cpu().norm())
 
 
-def measure_method(model, method: str, z0, cond, uncond, w: float, schedule: Schedule, repeats: int,
-                   inputs) -> dict:
-    """One row: (a), (b), (c) `repeats` times each, the order rotating (repeat 0 runs (a) first, so (c) knows
-    how many calls to make); medians, peaks, calls, errors."""
-    B, seen = z0.shape[0], {}
-    runs = {
-        "invedit": lambda: run_invedit(model, method, z0, cond, uncond, w, schedule),
-        "diffusers": lambda: reference_loop(model, z0, cond.expand(B, -1, -1), uncond, w, schedule.steps)[1:],
-        "unet": lambda: (run_unet(model, inputs, seen["invedit"][1]), seen["invedit"][1]),
-    }
-    names = list(runs)
-    seconds: dict[str, list[float]] = {k: [] for k in names}
-    peaks = dict.fromkeys(names, 0)
+def measure(model, methods: list[str], z0, cond, uncond, w: float, schedule: Schedule, repeats: int) -> list[dict]:
+    """One row per method: (a) per method, (b) and (c) once each for all methods (the same computation for
+    every method: (c) runs the most calls any method made and reads each method's time off the elapsed time
+    after its count). `repeats` times, the order of the runs rotating; repeat 0 runs (a) first, so (c) knows
+    the counts. Returns medians, peaks, UNet calls and reconstruction errors."""
+    cond_B = cond.expand(z0.shape[0], -1, -1)  # (B, 77, 768): the reference loop wants one row per image
+    inputs = unet_inputs(model, z0, cond, uncond, w, schedule)
+    jobs = [*methods, "diffusers", "unet"]
+    seconds: dict[str, list[float]] = {job: [] for job in jobs}
+    unet_seconds: dict[str, list[float]] = {m: [] for m in methods}
+    peaks, last, calls = dict.fromkeys(jobs, 0), {}, {}
     for r in range(repeats):
-        for name in names[r % 3:] + names[:r % 3]:
-            s, peak, seen[name] = timed(model.device, runs[name])  # (ẑ_0 or None, UNet calls)
-            seconds[name].append(s)
-            peaks[name] = max(peaks[name], peak)
-    med = {k: statistics.median(v) for k, v in seconds.items()}
-    calls = seen["invedit"][1]
+        for job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+            if job == "diffusers":
+                fn = lambda: reference_loop(model, z0, cond_B, uncond, w, schedule.steps)[1:]  # noqa: E731
+            elif job == "unet":
+                fn = lambda: run_unet(model, inputs, max(calls[m] for m in methods), model.device)  # noqa: E731
+            else:
+                fn = lambda: run_invedit(model, job, z0, cond, uncond, w, schedule)  # noqa: E731
+            s, peak, value = timed(model.device, fn)
+            log(f"    repeat {r + 1}/{repeats} {job}: {s:.2f} s")
+            seconds[job].append(s)
+            peaks[job] = max(peaks[job], peak)
+            if job == "unet":
+                for m in methods:
+                    unet_seconds[m].append(value[calls[m] - 1])
+            else:
+                last[job], calls[job] = value  # (ẑ_0, UNet calls)
+    median = {job: statistics.median(v) for job, v in seconds.items()}
+    return [_row(m, calls, median, statistics.median(unet_seconds[m]), peaks, last, z0,
+                 {"invedit": seconds[m], "diffusers": seconds["diffusers"], "unet": unet_seconds[m]})
+            for m in methods]
+
+
+def _row(method, calls, median, unet_s, peaks, last, z0, runs) -> dict:
+    a, b = median[method], median["diffusers"]
     return {
-        "method": method, "calls": calls, "reference_calls": seen["diffusers"][1],
-        "seconds_invedit": med["invedit"], "seconds_diffusers": med["diffusers"], "seconds_unet": med["unet"],
-        "ratio_diffusers": med["invedit"] / med["diffusers"], "overhead": med["invedit"] / med["unet"],
-        "seconds_per_call": med["unet"] / calls,
-        "peak_invedit": peaks["invedit"], "peak_diffusers": peaks["diffusers"], "peak_unet": peaks["unet"],
-        "error_invedit": relative_error(seen["invedit"][0], z0),
-        "error_diffusers": relative_error(seen["diffusers"][0], z0),
-        "runs": seconds,
+        "method": method, "calls": calls[method], "reference_calls": calls["diffusers"],
+        "seconds_invedit": a, "seconds_diffusers": b, "seconds_unet": unet_s,
+        "ratio_diffusers": a / b, "overhead": a / unet_s, "seconds_per_call": unet_s / calls[method],
+        "peak_invedit": peaks[method], "peak_diffusers": peaks["diffusers"], "peak_unet": peaks["unet"],
+        "error_invedit": relative_error(last[method], z0), "error_diffusers": relative_error(last["diffusers"], z0),
+        "runs": runs,
     }
+
+
+# --- one configuration, in its own process ------------------------------------------------------------
+def memory_now(device: torch.device) -> dict:
+    """What the process holds now. CPU: anonymous memory and file-backed pages apart (fp32 weights stay
+    memory-mapped from the safetensors file; a bf16 model holds its own cast copy, and its load peak counts
+    the fp32 file pages it read)."""
+    if device.type == "cuda":
+        return {"allocated": torch.cuda.memory_allocated(device)}
+    return {"rss": _status_bytes("VmRSS"), "anon": _status_bytes("RssAnon"), "file": _status_bytes("RssFile")}
+
+
+def child(spec: dict) -> dict:
+    """Load the model in one dtype, encode a batch of random images, measure every method: one configuration."""
+    torch.set_num_threads(spec["threads"])
+    start = time.perf_counter()
+    model = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    load_seconds, loaded = time.perf_counter() - start, memory_now(model.device)
+    B, size = spec["batch"], spec["size"]
+    with torch.no_grad():
+        cond, uncond = model.encode_text([PROMPT, ""]).chunk(2)  # (1, 77, 768) each
+        pixels = torch.rand(B, 3, size, size, generator=torch.Generator().manual_seed(spec["seed"])) * 2 - 1
+        z0 = torch.cat([model.encode_image(pixels[i:i + 1]) for i in range(B)])  # one at a time: a small VAE peak
+        load_peak = peak_bytes(model.device)  # loading + encoding, before any run
+        schedule = Schedule.create(model.noise, spec["steps"])
+        warm = unet_inputs(model, z0, cond, uncond, spec["guidance"], schedule)
+        run_unet(model, warm, spec["warmup"], model.device)  # first calls build kernels and caches
+        del warm
+        rows = measure(model, spec["methods"], z0, cond, uncond, spec["guidance"], schedule, spec["repeats"])
+    info = model.describe()
+    return {"spec": spec, "load_seconds": load_seconds, "loaded_bytes": loaded, "load_peak": load_peak,
+            "peak_resettable": reset_peak(model.device), "torch_threads": torch.get_num_threads(),
+            "fingerprint": model.fingerprint, "versions": info["versions"], "latent_shape": list(z0.shape),
+            "parameters": {k: info[f"{k}_parameters"] for k in ("unet", "vae", "text_encoder")}, "rows": rows}
+
+
+def spawn(spec: dict, threads: int) -> dict:
+    """Run `child(spec)` in a fresh Python process; its log goes to our stderr, its result comes back as JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          stdout=subprocess.PIPE, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if not lines:  # killed (out of memory: status -9) or crashed before it could report
+        return {"spec": spec, "error": f"child exited with status {proc.returncode} and no result"}
+    return json.loads(lines[-1][len(RESULT):])
+
+
+# --- the report ---------------------------------------------------------------------------------------
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+COLUMNS = [  # (header, key, format); GiB columns hold bytes
+    ("dtype", "dtype", "{}"), ("size", "size", "{:d}"), ("batch", "batch", "{:d}"), ("w", "guidance", "{:g}"),
+    ("method", "method", "{}"), ("calls (a)/(b)", "calls", "{}"),
+    ("(a) invedit s", "seconds_invedit", "{:.2f}"), ("(b) diffusers s", "seconds_diffusers", "{:.2f}"),
+    ("(c) UNet s", "seconds_unet", "{:.2f}"), ("(a)/(b)", "ratio_diffusers", "{:.3f}"),
+    ("(a)/(c)", "overhead", "{:.3f}"), ("s/UNet call", "seconds_per_call", "{:.3f}"),
+    ("peak (a) GiB", "peak_invedit", "GiB"), ("peak (b) GiB", "peak_diffusers", "GiB"),
+    ("load peak GiB", "load_peak", "GiB"), ("held GiB", "loaded_bytes", "held"),
+    ("err (a)", "error_invedit", "{:.2e}"), ("err (b)", "error_diffusers", "{:.2e}"),
+]
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if key == "calls" and value is not None:
+        return f"{value}/{row['reference_calls']}"
+    if value is None:
+        return ""
+    if fmt == "GiB":
+        return f"{value / GiB:.2f}"
+    if fmt == "held":  # after loading: CUDA allocated, CPU anonymous + file-backed
+        if "allocated" in value:
+            return f"{value['allocated'] / GiB:.2f}"
+        return "+".join(f"{value[k] / GiB:.2f}" if value.get(k) is not None else "?" for k in ("anon", "file"))
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        if "error" in row:
+            config = " | ".join(_cell(row, k, f) for _, k, f in COLUMNS[:4])
+            lines.append(f"| {config} | failed: {row['error']} |")
+        else:
+            lines.append("| " + " | ".join(_cell(row, k, f) for _, k, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+LEGEND = (
+    "(a) invedit `invert_with` + `replay`; (b) diffusers' DDIMInverseScheduler + DDIMScheduler loop calling the "
+    "UNet (one run per configuration, shared by its methods); (c) the bare UNet, as many calls as (a) on inputs "
+    "of (a)'s shapes; seconds are medians over the repeats, for the whole batch. (a)/(c) is invedit's "
+    "overhead over the network. Calls: UNet calls of (a) / of (b); under guidance w != 1 each call carries "
+    "2 × batch rows. Peaks: {peak}; load peak: the configuration's process before any run (loading the "
+    "weights in the dtype and the VAE encode of the images, one at a time, in fp32); held: {held}. "
+    "err: ‖ẑ0 − z0‖/‖z0‖ of the last run; random weights, so it compares the two loops only.")
+
+
+def header_for(args, results: list[dict], device: str, command: str, total: float) -> dict:
+    done = [r for r in results if "error" not in r]
+    first = done[0] if done else {}
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {
+        "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device,
+        "cpu": cpu_name(), "gpu": gpu, "torch_threads": sorted({r["torch_threads"] for r in done}),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "versions": {**first.get("versions", {"torch": torch.__version__}), "python": platform.python_version()},
+        "model": str(args.model_dir), "fingerprint": first.get("fingerprint"), "parameters": first.get("parameters"),
+        "steps": args.steps, "repeats": args.repeats, "warmup_calls": args.warmup, "prompt": PROMPT,
+        "peak_resettable": all(r["peak_resettable"] for r in done) if done else None, "seconds_total": total,
+    }
+
+
+def flatten(results: list[dict]) -> list[dict]:
+    rows = []
+    for res in results:
+        spec = res["spec"]
+        config = {k: spec[k] for k in ("dtype", "size", "batch", "guidance")}
+        if "error" in res:
+            rows.append({**config, "error": res["error"]})
+            continue
+        extra = {"load_peak": res["load_peak"], "loaded_bytes": res["loaded_bytes"],
+                 "load_seconds": res["load_seconds"], "steps": spec["steps"], "latent_shape": res["latent_shape"]}
+        rows += [{**config, **row, **extra} for row in res["rows"]]
+    return rows
+
+
+def write_outputs(args, header: dict, rows: list[dict], table: str, legend: str) -> None:
+    if args.json:
+        dump = lambda v: json.dumps(jsonable(_rounded(v)), ensure_ascii=False)  # noqa: E731
+        Path(args.json).write_text("\n".join(["{", f' "header": {dump(header)},', ' "rows": [',
+                                              ",\n".join("  " + dump(r) for r in rows), " ]", "}", ""]))
+    if args.markdown:
+        h = header
+        machine = f"GPU {h['gpu']}" if h["gpu"] else f"CPU {h['cpu']}, torch threads {h['torch_threads']}"
+        md = ["# Speed and memory at Stable Diffusion's real size (SD 1.5-shaped, random weights)", "",
+              f"Command: `{h['command']}`  ",
+              f"Date: {h['date']}; device {h['device']}; {machine}; {h['seconds_total'] / 60:.1f} min in all.  ",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + ".  ",
+              f"Model: `{h['model']}` (fingerprint `{h['fingerprint']}`; parameters "
+              + (", ".join(f"{k} {v / 1e6:.1f} M" for k, v in h["parameters"].items()) if h["parameters"] else "?")
+              + f"); {h['steps']} DDIM steps; median of {h['repeats']} repeats; prompt \"{PROMPT}\".", "",
+              legend, "", table, ""]
+        Path(args.markdown).write_text("\n".join(md))
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sizes in pixels (square)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="default fp32 bf16, and fp16 on CUDA")
+    p.add_argument("--methods", nargs="+", default=["ddim", "bdia"], choices=BENCH_METHODS,
+                   help="inversion methods, with their default options (default ddim bdia)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 10 on the CPU, 50 on CUDA)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales w, e.g. 1 7.5")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each loop; the median is reported")
+    p.add_argument("--warmup", type=int, default=None, help="untimed UNet calls first (default 1; CUDA 3)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (and OMP_NUM_THREADS) of each run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_FOLDER,
+                   help="where the random SD 1.5-shaped model is cached (built when missing)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 128², batch 1, fp32, 2 steps, 1 repeat")
+    p.add_argument("--json", default=None, help="write the header and every row here")
+    p.add_argument("--markdown", default=None, help="write the table as Markdown here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child is not None:
+        spec = json.loads(args.child)
+        try:
+            result = child(spec)
+        except Exception as exc:  # reported in the table; the traceback goes to stderr
+            traceback.print_exc()
+            result = {"spec": spec, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(RESULT + json.dumps(jsonable(result)), flush=True)
+        return
+    torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    on_cuda = device.startswith("cuda")
+    if args.quick:
+        args.sizes, args.batches, args.dtypes, args.steps, args.repeats = [128], [1], ["fp32"], 2, 1
+    args.dtypes = args.dtypes or (["fp32", "bf16", "fp16"] if on_cuda else ["fp32", "bf16"])
+    args.steps = args.steps or (50 if on_cuda else 10)
+    args.warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
+    if not on_cuda and "fp16" in args.dtypes:
+        raise SystemExit("fp16 runs on CUDA only (invedit refuses fp16 on the CPU); use fp32 or bf16")
+    if any(s < 64 or s % 64 for s in args.sizes):
+        raise SystemExit(f"--sizes {args.sizes}: SD 1.5 needs multiples of 64 pixels (VAE 8 × UNet 2³)")
+    if min(args.batches) < 1 or args.repeats < 1 or args.steps < 1 or args.threads < 1:
+        raise SystemExit("--batches, --repeats, --steps and --threads must be at least 1")
+    command = "OMP_NUM_THREADS={} python {}".format(os.environ.get("OMP_NUM_THREADS", "unset"),
+                                                   shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
+    start = time.perf_counter()
+    build_random_sd15(args.model_dir.expanduser())
+    per_run = {m: sum(METHODS[m].calls(args.steps, MethodOptions())) for m in args.methods}  # at most
+    calls = args.repeats * (sum(per_run.values()) + 2 * args.steps + max(per_run.values()))
+    specs = [dict(model=str(args.model_dir.expanduser()), device=device, dtype=dtype, size=size, batch=batch,
+                  guidance=w, methods=args.methods, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
+                  threads=args.threads, seed=args.seed)
+             for dtype in args.dtypes for size in args.sizes for batch in args.batches for w in args.guidance]
+    log(f"{len(specs)} configurations, each at most {calls + args.warmup} UNet calls ({args.repeats} × ("
+        f"{' + '.join(f'{m} {n}' for m, n in per_run.items())} + diffusers {2 * args.steps} + bare UNet "
+        f"{max(per_run.values())}) + {args.warmup} warm-up), in a fresh process each")
+    results = []
+    for spec in specs:
+        log(f"{spec['dtype']} {spec['size']}² batch {spec['batch']} w={spec['guidance']:g}: a fresh process loads "
+            "the model, encodes the images, warms up")
+        results.append(spawn(spec, args.threads))
+        for row in flatten(results[-1:]):
+            log("  " + ("failed: " + row["error"] if "error" in row else
+                        f"{row['method']}: (a) {row['seconds_invedit']:.2f} s, (b) {row['seconds_diffusers']:.2f} s, "
+                        f"(c) {row['seconds_unet']:.2f} s, peak {row['peak_invedit'] / GiB:.2f} GiB"))
+    rows = flatten(results)
+    header = header_for(args, results, device, command, time.perf_counter() - start)
+    peak = ("torch.cuda.max_memory_allocated during the run" if on_cuda else
+            "the process's peak RSS during the run (VmHWM, reset before each run)" if header["peak_resettable"]
+            else "the process's peak RSS so far (VmHWM could not be reset: includes loading)")
+    held = ("torch.cuda.memory_allocated after loading" if on_cuda else "after loading, anonymous + file-backed "
+            "RSS (fp32 weights stay memory-mapped from the safetensors file, which the peaks count)")
+    legend, table = LEGEND.format(peak=peak, held=held), markdown_table(rows)
+    gpu = f", GPU {header['gpu']}" if header["gpu"] else ""
+    print(f"{command}\n{header['date']}; device {device}; CPU {header['cpu']}{gpu}; torch threads "
+          f"{header['torch_threads']}; " + ", ".join(f"{k} {v}" for k, v in header["versions"].items())
+          + f"\nmodel {header['model']} (random SD 1.5-shaped, fingerprint {header['fingerprint']}); "
+          f"{args.steps} steps; median of {args.repeats} repeats; {header['seconds_total']:.0f} s in all\n{legend}\n")
+    print(table)
+    write_outputs(args, header, rows, table, legend)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

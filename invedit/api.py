@@ -50,7 +50,7 @@ class InveditError(ValueError):
 @dataclass(frozen=True)
 class InversionSettings:
     steps: int = 50  # DDIM steps; the same Schedule is used to regenerate
-    method: str = "fixed-point"  # one of methods.METHODS; see the table in methods.py
+    method: str = "bdia"  # one of methods.METHODS; see the table in methods.py
     guidance: float = 1.0  # classifier-free guidance scale the inversion is made for
     tol: float = 1e-6  # fixed-point: relative residual to stop at
     max_iter: int = 20  # fixed-point: iterations per step at most

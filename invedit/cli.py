@@ -17,13 +17,34 @@ METHOD_CHOICES = ("ddim", "fixed-point", "negative-prompt", "null-text", "direct
 
 
 class Bars:
-    """Draws one click progress bar per stage from the library's progress callback (on stderr)."""
+    """Draws one click progress bar (with its ETA) per stage from the library's progress callback, on stderr.
+
+    Outer stages (a recipe's tasks) span many inner ones, so they print a line per step of theirs instead of a
+    bar that the inner bars would overwrite: done/total, elapsed, ETA."""
+
+    OUTER = ("recipe",)
 
     def __init__(self, enabled: bool = True):
         self.enabled, self.stage, self.bar, self.done = enabled, None, None, 0
+        self.started: dict[str, float] = {}
+
+    def _line(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if done == 0:
+            self.started[stage] = now
+        elapsed = now - self.started.setdefault(stage, now)
+        eta = elapsed / max(done, 1) * (total - done) if done else float("nan")
+        self.close()
+        click.echo(f"{stage}: {done}/{total} done · {_duration(elapsed)} elapsed"
+                   + (f" · ETA {_duration(eta)}" if done < total and eta == eta else ""), err=True)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
+            return
+        if stage in self.OUTER:
+            self._line(stage, done, total)
             return
         if stage != self.stage or done < self.done:
             self.close()
@@ -39,6 +60,11 @@ class Bars:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar, self.stage = None, None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def friendly(command: Callable) -> Callable:
@@ -81,7 +107,7 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
-def inversion_options(many: bool = False, prompt: bool = True, method: str = "fixed-point",
+def inversion_options(many: bool = False, prompt: bool = True, method: str = "bdia",
                       guidance: float = 1.0) -> Callable[[Callable], Callable]:
     """The options of an inversion; with `many`, --prompt may be repeated (one per input); without `prompt`,
     the command names its prompt otherwise (edit's --source)."""
@@ -105,8 +131,9 @@ def inversion_options(many: bool = False, prompt: bool = True, method: str = "fi
         f = click.option("--guidance", "-g", type=float, default=guidance, show_default=True,
                          help="Classifier-free guidance scale the inversion is made for and regenerates with.")(f)
         f = click.option("--method", type=click.Choice(METHOD_CHOICES), default=method, show_default=True,
-                         help="ddim: plain DDIM inversion; fixed-point: each step solved to invert exactly; "
-                              "negative-prompt, null-text, direct, edict: faithful under guidance (see README).")(f)
+                         help="bdia: exact at one network call a step; ddim: plain DDIM inversion; fixed-point: "
+                              "each step solved by iteration; negative-prompt, null-text, direct, edict: faithful "
+                              "under guidance (see README).")(f)
         f = click.option("--steps", "-n", type=click.IntRange(1, 1000), default=50, show_default=True,
                          help="DDIM steps (the same schedule inverts and regenerates).")(f)
         if prompt:

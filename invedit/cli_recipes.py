@@ -21,12 +21,14 @@ def run_recipe_command(recipe, sets, dry_run, as_json):
 
     A rerun skips every task that finished with the same settings (out/manifest.jsonl) and reuses cached
     inversions; a failing input is recorded in out/summary.json and the others go on. The exit code is 1
-    when any task failed.
+    when any task failed. Launched as several processes (accelerate launch, torchrun), the inputs are split
+    between them and the main process writes the summary and the page.
 
     \b
     Examples:
       invedit run recipes/recolour-shapes.toml
       invedit run recipes/folder-roundtrip.toml --set steps=20 --set out=runs/quick --dry-run
+      accelerate launch --cpu --num_processes 2 -m invedit run recipes/folder-roundtrip.toml
     """
     from .recipes import load_recipe
     from .runner import run_recipe
@@ -34,6 +36,9 @@ def run_recipe_command(recipe, sets, dry_run, as_json):
     parsed = load_recipe(recipe, list(sets))
     m = _load(parsed.model or None, None, parsed.device, parsed.dtype)
     summary = run_recipe(m, parsed, recipe, dry_run=dry_run, progress=Bars())
+    if summary["shard"]["index"] > 0:  # another process of a sharded run: the main process reports
+        failed = sum(r["status"] == "failed" for r in summary["tasks"])
+        sys.exit(1 if failed else 0)
     if as_json:
         from .report import jsonable
 

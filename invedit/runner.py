@@ -10,6 +10,10 @@
 4. A failing task is recorded with its message and the batch goes on (`fail_fast` stops at the first).
 5. `out/summary.json` lists every task: status, outputs, figures, seconds; and the totals; `out/report.html`
    shows them as a sortable page with thumbnails (`page.py`).
+6. Under `accelerate launch` or `torchrun` (WORLD_SIZE > 1) the items are split between the processes
+   (accelerate's `PartialState.split_between_processes`); the to-do list is read from the manifest before any
+   process writes, each process appends to its own manifest file and inverts only its items, and after all
+   are done the main process runs the steps over all items (interpolate) and writes the summary and page.
 """
 from __future__ import annotations
 
@@ -40,12 +44,50 @@ class Task:
         return f"{self.item.name if self.item else 'all inputs'} · step {self.step_index + 1} ({self.step.kind})"
 
 
-class Manifest:
-    """Finished tasks, one JSON line each, appended (and synced) only when a task's outputs are all in place."""
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a run: the only process, or one of several under `accelerate launch`/`torchrun`."""
 
-    def __init__(self, path: Path):
-        self.path, self.done = path, {}
-        if path.is_file():
+    index: int = 0
+    count: int = 1
+    state: Any = None  # accelerate's PartialState when there are several
+
+    @classmethod
+    def detect(cls, device) -> "Shard":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        try:
+            from accelerate import PartialState
+        except ImportError:
+            raise InveditError("this run was launched as several processes (WORLD_SIZE > 1), which needs "
+                               "accelerate: pip install accelerate") from None
+        state = PartialState(cpu=device.type == "cpu")  # without cpu=True every CPU process would do everything
+        return cls(state.process_index, state.num_processes, state)
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    def mine(self, items: list[Item]) -> list[Item]:
+        if self.count == 1:
+            return items
+        with self.state.split_between_processes(items) as part:
+            return list(part)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+class Manifest:
+    """Finished tasks, one JSON line each, appended (and synced) only when a task's outputs are all in place.
+
+    Process k of a sharded run appends to `manifest-k.jsonl` (the main process to `manifest.jsonl`); every
+    process reads them all."""
+
+    def __init__(self, out: Path, shard: int = 0):
+        self.path, self.done = out / ("manifest.jsonl" if shard == 0 else f"manifest-{shard}.jsonl"), {}
+        for path in sorted(out.glob("manifest*.jsonl")):
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     record = json.loads(line)
@@ -104,7 +146,7 @@ class Runner:
         key = _digest(file_digest(item.path), self.model.fingerprint, item.prompt, self.recipe.defaults.key())
         return self.cache / f"{key}{SUFFIX}"
 
-    def invert_in_batches(self) -> None:
+    def invert_in_batches(self, items: list[Item]) -> None:
         """Fill the cache batch by batch: items of one working size, in recipe order, `batch_size` at a time. The
         batches are fixed by the recipe, so a batch is recomputed whole after a kill and gives the same numbers.
         An unreadable item is left out here; its own tasks report it."""
@@ -112,7 +154,7 @@ class Runner:
         from .io import load_image
 
         d, groups = self.recipe.defaults, {}
-        for item in self.items:
+        for item in items:
             try:
                 prepared = load_image(item.path, self.model.multiple,
                                       self.model.native_size if d.max_side is None else d.max_side, d.fit)
@@ -189,36 +231,67 @@ def run_recipe(model, recipe: Recipe, recipe_path: str | os.PathLike, *, dry_run
     out = output_folder(base, recipe, str(where))
     items = items_of(recipe, base, str(where))  # 1.
     tasks = plan(recipe, items, model.fingerprint)
-    manifest = Manifest(out / "manifest.jsonl")
+    shard = Shard.detect(model.device) if not dry_run else Shard()  # 6.
+    manifest = Manifest(out, shard.index)
+    finished = {t.key: manifest.finished(t.key) for t in tasks}  # the to-do list, before anyone writes
+    shard.wait()
+    mine = {i.name for i in shard.mine(items)}
     runner = Runner(model, recipe, out, items, progress)
-    start, rows = time.perf_counter(), []
-    if not dry_run and any(not manifest.finished(t.key) for t in tasks):
-        runner.invert_in_batches()  # 3.
-    for n, task in enumerate(tasks):  # 2.
-        done = manifest.finished(task.key)
-        row = {"task": task.label, "item": task.item.name if task.item else None, "step": task.step_index + 1,
-               "kind": task.step.kind, "key": task.key}
-        if done or dry_run:
-            rows.append({**row, "status": "done earlier" if done else "would run",
-                         **({"paths": done["paths"], "figures": done.get("figures", {})} if done else {})})
-            continue
-        t0 = time.perf_counter()
-        try:
-            paths, figures = runner.run(task)  # 3.
-        except (InveditError, ImageError, InversionFileError, ValueError) as exc:  # 4.
-            rows.append({**row, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0})
-            if recipe.fail_fast:
-                break
-            continue
-        record = {**row, "status": "done", "paths": {k: str(v) for k, v in paths.items()}, "figures": figures,
-                  "seconds": time.perf_counter() - t0}
-        manifest.add(record)
-        rows.append(record)
-        progress("recipe", n + 1, len(tasks))
+    start, rows, stopped = time.perf_counter(), [], False
+    if not dry_run and any(not finished[t.key] for t in tasks if t.item and t.item.name in mine):
+        runner.invert_in_batches([i for i in items if i.name in mine])  # 3.
+
+    def run(batch: list[Task]) -> None:
+        nonlocal stopped
+        pending, ran = sum(not finished[t.key] for t in batch) if not dry_run else 0, 0
+        if pending:
+            progress("recipe", 0, pending)
+        for task in batch:  # 2.
+            done = finished[task.key]
+            row = {"task": task.label, "item": task.item.name if task.item else None, "step": task.step_index + 1,
+                   "kind": task.step.kind, "key": task.key}
+            if done or dry_run:
+                rows.append({**row, "status": "done earlier" if done else "would run",
+                             **({"paths": done["paths"], "figures": done.get("figures", {})} if done else {})})
+                continue
+            if stopped:
+                continue
+            t0 = time.perf_counter()
+            try:
+                paths, figures = runner.run(task)  # 3.
+            except (InveditError, ImageError, InversionFileError, ValueError) as exc:  # 4.
+                rows.append({**row, "status": "failed", "error": str(exc), "seconds": time.perf_counter() - t0})
+                stopped = recipe.fail_fast
+                ran += 1
+                progress("recipe", ran, pending)
+                continue
+            record = {**row, "status": "done", "paths": {k: str(v) for k, v in paths.items()}, "figures": figures,
+                      "seconds": time.perf_counter() - t0}
+            manifest.add(record)
+            rows.append(record)
+            ran += 1
+            progress("recipe", ran, pending)
+
+    run([t for t in tasks if t.item is not None and t.item.name in mine])
+    shards = out / ".shards"
+    if shard.count > 1 and not shard.main:
+        write_text(shards / f"rows-{shard.index}.json", json.dumps(rows, default=str))
+    shard.wait()
+    if not shard.main:
+        return {"shard": {"index": shard.index, "count": shard.count}, "tasks": rows}
+    for k in range(1, shard.count):
+        rows += json.loads((shards / f"rows-{k}.json").read_text(encoding="utf-8"))
+        (shards / f"rows-{k}.json").unlink()
+    if shard.count > 1:
+        shards.rmdir()
+    run([t for t in tasks if t.item is None])
+    order = {t.key: n for n, t in enumerate(tasks)}
+    rows.sort(key=lambda r: order[r["key"]])
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "done earlier", "failed", "would run")}
     summary = {"invedit": __version__, "recipe": str(where), "out": str(out), "model": model.describe(),
                "defaults": recipe.defaults.model_dump(), "items": [i.name for i in items], "tasks": rows,
-               "counts": counts, "seconds": time.perf_counter() - start}
+               "counts": counts, "seconds": time.perf_counter() - start,
+               "shard": {"index": shard.index, "count": shard.count}}
     if not dry_run:  # 5.
         from .page import render
         from .report import jsonable
@@ -229,4 +302,4 @@ def run_recipe(model, recipe: Recipe, recipe_path: str | os.PathLike, *, dry_run
     return summary
 
 
-__all__ = ["Task", "Manifest", "plan", "run_recipe", "RecipeError"]
+__all__ = ["Task", "Shard", "Manifest", "plan", "run_recipe", "RecipeError"]

@@ -176,22 +176,57 @@ def test_killed_twice_and_resumed_a_run_ends_identical_to_an_uninterrupted_one(t
         run(tmp_path / "killed", kill_at=fraction * duration)
     assert run(tmp_path / "killed") == 0
 
+    _assert_same_outputs(tmp_path / "clean", tmp_path / "killed")
+    assert not [p for p in (tmp_path / "killed").rglob(".*") if p.name != ".cache" and ".cache" not in p.parts]
+
+
+def _assert_same_outputs(clean: Path, other: Path) -> None:
+    """Pictures and inversions byte for byte; reports equal but for timings and the output folder's name."""
     def files(root):
         return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()
-                and p.name not in ("summary.json", "report.html", "manifest.jsonl") and ".cache" not in p.parts}
+                and p.name not in ("summary.json", "report.html") and not p.name.startswith("manifest")
+                and ".cache" not in p.parts}
 
-    clean, killed = files(tmp_path / "clean"), files(tmp_path / "killed")
-    assert clean.keys() == killed.keys()
-    differ = [str(k) for k in clean if clean[k] != killed[k]]
-    assert all(k.endswith(".json") for k in differ), differ  # pictures and inversions: byte for byte
-    for k in differ:  # reports differ only in timings and in the output folder's name
-        a, b = (json.loads(d[Path(k)].decode().replace(str(tmp_path / n), "OUT")) for d, n in ((clean, "clean"),
-                                                                                          (killed, "killed")))
+    a_files, b_files = files(clean), files(other)
+    assert a_files.keys() == b_files.keys()
+    differ = [str(k) for k in a_files if a_files[k] != b_files[k]]
+    assert all(k.endswith(".json") for k in differ), differ
+    for k in differ:
+        a, b = (json.loads(d[Path(k)].decode().replace(str(root), "OUT")) for d, root in ((a_files, clean),
+                                                                                         (b_files, other)))
         for report in (a, b):
             report.pop("seconds", None)
             report.get("inversion", {}).pop("seconds", None)
         assert a == b, k
-    assert not [p for p in (tmp_path / "killed").rglob(".*") if p.name != ".cache" and ".cache" not in p.parts]
+
+
+def test_two_processes_give_the_outputs_and_summary_of_one(tmp_path):
+    """torchrun (as accelerate launch) with 2 CPU processes splits the items; outputs equal a 1-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("accelerate")
+    body = GOOD.replace(f'path = "{SCENE}"', f'path = "{ROOT / "assets" / "scenes"}"').replace(
+        "steps = 3", "steps = 3\nbatch_size = 1\nmethod = \"bdia\"\nguidance = 1.0")
+    body = body.replace('prompt = "a yellow star on a blue background"', 'prompt = "a shape on a background"')
+    body += '\n[[steps]]\nkind = "interpolate"\nframes = 3\n'
+    recipe = _recipe(tmp_path, body)  # 3 scenes × reconstruct, then one interpolation over all
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    one = [sys.executable, "-m", "invedit", "run", str(recipe), "--json", "--set", f'out="{tmp_path / "one"}"']
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "invedit", "run",
+           str(recipe), "--json", "--set", f'out="{tmp_path / "two"}"']
+    a = subprocess.run(one, env=env, capture_output=True, text=True, timeout=600)
+    b = subprocess.run(two, env=env, capture_output=True, text=True, timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-2000:]
+    sa, sb = json.loads(a.stdout), json.loads(b.stdout)  # only the main process prints
+    assert sb["shard"] == {"index": 0, "count": 2} and sa["shard"] == {"index": 0, "count": 1}
+    assert sa["counts"] == sb["counts"] == {"done": 4, "done earlier": 0, "failed": 0, "would run": 0}
+    assert [r["task"] for r in sa["tasks"]] == [r["task"] for r in sb["tasks"]]
+    assert (tmp_path / "two" / "manifest-1.jsonl").is_file()  # the second process did its share
+    _assert_same_outputs(tmp_path / "one", tmp_path / "two")
+    assert not (tmp_path / "two" / ".shards").exists()
 
 
 def test_a_linked_folder_inside_out_is_refused(tmp_path):
