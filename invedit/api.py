@@ -126,7 +126,7 @@ def _timed(seconds: dict[str, float], stage: str, device: torch.device) -> Itera
 
 
 def conditioning_for(model, prompt: str, negative_prompt: str, guidance: float) -> Conditioning:
-    cond, uncond = model.encode_text([prompt, negative_prompt]).chunk(2)  # (1, L, D) each
+    cond, uncond = model.encode_text([prompt]), model.encode_negative(negative_prompt)  # (1, L, D) each
     return Conditioning(model.eps, cond, uncond, guidance)
 
 
@@ -163,7 +163,7 @@ def invert_many(model, prepared: Sequence[Prepared], prompts: Sequence[str],
         with _timed(seconds, "encode", model.device):
             z0 = model.encode_image(torch.cat([p.pixels for p in prepared]))  # (B, 4, H/f, W/f)
             cond = model.encode_text(list(prompts))  # (B, L, D)
-            c = Conditioning(model.eps, cond, model.encode_text([settings.negative_prompt]), settings.guidance)
+            c = Conditioning(model.eps, cond, model.encode_negative(settings.negative_prompt), settings.guidance)
         with _timed(seconds, "invert", model.device):
             result = invert_with(settings.method, c, z0, schedule, settings.options(), progress)
     finite = [r for r in result.residuals if r == r]

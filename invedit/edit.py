@@ -165,7 +165,7 @@ def edit_latents(model, inversion: Inversion, targets: Sequence[str], settings: 
     calls = [0]
     with torch.no_grad():
         emb = model.encode_text(prompts)  # (R, L, D)
-        c = Conditioning(counted(model.eps, calls), emb, model.encode_text([inversion.negative_prompt]),
+        c = Conditioning(counted(model.eps, calls), emb, model.encode_negative(inversion.negative_prompt),
                          inversion.guidance, source=emb[:1])
         extras = {k: v.to(model.device) for k, v in inversion.extras.items()}
         x_T = inversion.x_T.to(model.device).repeat(R, 1, 1, 1)

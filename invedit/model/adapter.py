@@ -3,6 +3,13 @@
 `Model.eps(x, t, cond)` is ε whatever the network predicts (ε, v or x_0), in float32; the VAE gives
 latents as posterior mean × scaling factor; the noise schedule is read from the model's own scheduler
 config. This package is the only place in invedit that imports diffusers and transformers.
+
+Families: Stable Diffusion 1.x and 2.x (`StableDiffusionPipeline`) and SDXL (`StableDiffusionXLPipeline`).
+SDXL conditions on two text encoders' penultimate hidden states, concatenated, plus the second encoder's
+pooled embedding and the time ids (original size, crop, target size). So that everything above the adapter
+keeps one conditioning tensor per row (tiled, mixed, swapped between rows), an SDXL conditioning is packed as
+(B, L + 1, D): the L hidden states, then one row holding the pooled embedding (zero-padded to D); `eps`
+unpacks it. Cross-attention still sees the L text tokens only.
 """
 from __future__ import annotations
 
@@ -121,22 +128,43 @@ def _hub_message(source: ModelSource, exc: Exception) -> str:
     return f"could not load model {source.spec!r}: {type(exc).__name__}: {text.split(' Please check out')[0]}"
 
 
+FAMILIES = {"StableDiffusionPipeline": "Stable Diffusion 1.x/2.x", "StableDiffusionXLPipeline": "SDXL"}
+
+
+def _pipeline_class(folder: Optional[str]):
+    """The pipeline class a diffusers folder names (model_index.json's _class_name); SD 1.x/2.x when unknown
+    (a hub id or a single file without a config folder). A family invedit does not support is refused."""
+    import diffusers
+
+    name = "StableDiffusionPipeline"
+    if folder is not None and (Path(folder) / "model_index.json").is_file():
+        try:
+            name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name", name)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass  # _check_folder names a broken index
+    if name not in FAMILIES:
+        raise ModelLoadError(f"model family {name!r} is not supported: invedit runs "
+                             f"{' and '.join(FAMILIES.values())} pipelines ({', '.join(FAMILIES)})")
+    return getattr(diffusers, name)
+
+
 def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtype = torch.float32):
     """Folders and hub ids load straight into `dtype` (the VAE into fp32), so a bf16/fp16 model never holds an
     fp32 copy of its UNet; single files load in fp32 and are cast by `Model`."""
-    from diffusers import StableDiffusionPipeline
-
-    common = dict(safety_checker=None, requires_safety_checker=False)
-    in_dtype = dict(dtype={"vae": torch.float32, "default": dtype}) if dtype != torch.float32 else {}
     if source.kind == "folder":
         _check_folder(Path(source.location))
+    local = source.location if source.kind == "folder" else config if config and Path(config).is_dir() else None
+    cls = _pipeline_class(local)
+    common = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == "StableDiffusionPipeline" \
+        else {}
+    in_dtype = dict(dtype={"vae": torch.float32, "default": dtype}) if dtype != torch.float32 else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if source.kind == "single-file":
                 extra = {"config": config} if config else {}
-                return StableDiffusionPipeline.from_single_file(source.location, **extra, **common)
-            return StableDiffusionPipeline.from_pretrained(source.location, **common, **in_dtype)
+                return cls.from_single_file(source.location, **extra, **common)
+            return cls.from_pretrained(source.location, **common, **in_dtype)
     except (OSError, ValueError, EnvironmentError) as exc:  # hub errors are OSError subclasses
         if source.kind == "hub":
             raise ModelLoadError(_hub_message(source, exc)) from exc
@@ -156,6 +184,11 @@ class Model:
         self.text_encoder = pipe.text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.vae = pipe.vae.to(device=device, dtype=self.vae_dtype).eval().requires_grad_(False)
         self.tokenizer = pipe.tokenizer
+        second = getattr(pipe, "text_encoder_2", None)  # SDXL
+        self.text_encoder_2 = None if second is None else second.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+        self.xl = self.text_encoder_2 is not None and self.unet.config.addition_embed_type == "text_time"
+        self.zero_empty_negative = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)) and self.xl
         self.scheduler_config = dict(pipe.scheduler.config)  # for reference loops and benchmarks
         self.noise = NoiseConfig.from_scheduler_config(self.scheduler_config)
         self.alphas_cumprod = alphas_cumprod(self.noise)  # (T,) float64
@@ -179,7 +212,9 @@ class Model:
         for cfg in (self.unet.config, self.vae.config, self.noise.to_dict()):
             kept = {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
             h.update(json.dumps(kept, sort_keys=True, default=str).encode())
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if module is None:
+                continue
             for name, tensor in sorted(module.state_dict().items()):
                 h.update(name.encode())
                 values = tensor.detach().float().cpu().contiguous()
@@ -188,19 +223,44 @@ class Model:
 
     # --- the four things the rest of invedit uses -------------------------------------------------
     def eps(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
-        """ε(x, t | cond) in float32 for latents x (B, 4, h, w) and text embeddings cond (B, L, D)."""
+        """ε(x, t | cond) in float32 for latents x (B, 4, h, w) and text embeddings cond (B, L, D) (SDXL: packed,
+        (B, L + 1, D), see the module docstring)."""
         timestep = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
         extra = {"cross_attention_kwargs": {"timestep": int(t)}} if self.controlled else {}
-        out = self.unet(x.to(self.device, self.dtype), timestep, encoder_hidden_states=cond.to(self.device, self.dtype),
-                        return_dict=False, **extra)[0]
+        cond = cond.to(self.device, self.dtype)
+        if self.xl:
+            pooled = cond[:, -1, :self.text_encoder_2.config.projection_dim]
+            size = [x.shape[-2] * self.vae_scale_factor, x.shape[-1] * self.vae_scale_factor]
+            time_ids = torch.tensor([size + [0, 0] + size], device=self.device, dtype=self.dtype).expand(x.shape[0], -1)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+            cond = cond[:, :-1]
+        out = self.unet(x.to(self.device, self.dtype), timestep, encoder_hidden_states=cond, return_dict=False,
+                        **extra)[0]
         return to_epsilon(out.float(), x.float(), float(self.alphas_cumprod[int(t)]), self.prediction_type)
+
+    def _tokens(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+        return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(self.device)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings (B, 77, D) as Stable Diffusion conditions on them (last hidden state)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.device), return_dict=False)[0].float()
+        """Text embeddings (B, 77, D) as Stable Diffusion conditions on them (last hidden state); SDXL: both
+        encoders' penultimate hidden states concatenated, and the pooled embedding packed as one more row."""
+        if not self.xl:
+            return self.text_encoder(self._tokens(self.tokenizer, prompts), return_dict=False)[0].float()
+        first = self.text_encoder(self._tokens(self.tokenizer, prompts), output_hidden_states=True)
+        second = self.text_encoder_2(self._tokens(self.tokenizer_2, prompts), output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).float()  # (B, L, D)
+        pooled = second.text_embeds.float()  # (B, P), P <= D for SDXL (1280 <= 2048)
+        row = torch.zeros(hidden.shape[0], 1, hidden.shape[-1], device=hidden.device)
+        row[:, 0, :pooled.shape[-1]] = pooled
+        return torch.cat([hidden, row], dim=1)
+
+    def encode_negative(self, prompt: str) -> torch.Tensor:
+        """The unconditional embedding (1, L, D) of guidance: SDXL zeroes an empty one when its config says so
+        (`force_zeros_for_empty_prompt`), as its pipeline does."""
+        emb = self.encode_text([prompt])
+        return torch.zeros_like(emb) if self.zero_empty_negative and not prompt else emb
 
     def token_count(self, prompt: str) -> int:
         return len(self.tokenizer(prompt).input_ids)
@@ -236,8 +296,11 @@ class Model:
 
     @property
     def family(self) -> str:
-        """Which Stable Diffusion family the model is shaped like (its UNet's text width tells SD 1.x from 2.x)."""
+        """Which Stable Diffusion family the model is shaped like (SDXL by its added conditioning, SD 1.x and
+        2.x by their UNet's text width)."""
         width = self.unet.config.cross_attention_dim
+        if self.xl:
+            return "sdxl" if width == 2048 else f"sdxl-like (text width {width})"
         return {768: "sd1", 1024: "sd2"}.get(width, f"sd-like (text width {width})")
 
     def describe(self) -> dict:
@@ -251,8 +314,9 @@ class Model:
                 "native_size": self.native_size, "noise": self.noise.to_dict(),
                 "family": self.family, "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
                 "vae_parameters": sum(p.numel() for p in self.vae.parameters()),
-                "text_encoders": [type(self.text_encoder).__name__],
-                "text_encoder_parameters": sum(p.numel() for p in self.text_encoder.parameters()),
+                "text_encoders": [type(e).__name__ for e in (self.text_encoder, self.text_encoder_2) if e is not None],
+                "text_encoder_parameters": sum(p.numel() for e in (self.text_encoder, self.text_encoder_2)
+                                               if e is not None for p in e.parameters()),
                 "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                              "transformers": transformers.__version__}}
 

@@ -126,3 +126,46 @@ def save_tiny_pipeline(folder: str | Path, words: Iterable[str] = (), prediction
     return save_pipeline(folder, unet=tiny_unet(text_encoder.config.hidden_size, seed=seed), vae=tiny_vae(seed=seed),
                          text_encoder=text_encoder, tokenizer=tokenizer,
                          scheduler_config={**SD_SCHEDULER, "prediction_type": prediction_type})
+
+
+def tiny_xl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, time_embed_dim: int = 8,
+                 channels: Sequence[int] = (32, 64), sample_size: int = 16, prediction_type: str = "epsilon",
+                 seed: int = 0):
+    """An SDXL-shaped UNet: added conditioning "text_time" (pooled text embedding + 6 time ids)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=tuple(channels), norm_num_groups=min(32, channels[0]),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim).eval()
+
+
+def save_tiny_xl_pipeline(folder: str | Path, words: Iterable[str] = (), prediction_type: str = "epsilon",
+                          seed: int = 0) -> Path:
+    """A tiny random SDXL-shaped pipeline for tests: two CLIP text encoders (the second with a projection, whose
+    pooled output conditions the UNet with the time ids), VAE factor 2, `force_zeros_for_empty_prompt`."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    base = "a photo of cat dog on sofa red blue circle square background".split()
+    tokenizer = write_tokenizer(folder / "tokenizer", [*base, *words])
+    tokenizer_2 = write_tokenizer(folder / "tokenizer_2", [*base, *words])
+    text_encoder = text_encoder_for(tokenizer, seed=seed)
+    config = CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=32,
+                            bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+                            pad_token_id=tokenizer_2.pad_token_id)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(config).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(seed=seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=tiny_xl_unet(64, 32, seed=seed),
+        scheduler=DDIMScheduler(**{**SD_SCHEDULER, "prediction_type": prediction_type}),
+        force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
