@@ -82,3 +82,55 @@ def test_anderson_acceleration_saves_network_calls():
                                           FixedPointOptions(anderson=2, **tight))
     assert r_anderson <= 1e-12 and r_picard <= 1e-12
     assert anderson <= 5 and anderson < picard / 2, (anderson, picard)
+
+
+# --- survivors of `mutmut run` (session 4), each named by the mutant it kills ------------------------------
+def test_ddim_sigma_is_zero_without_eta_and_matches_ddim_eq_16():
+    """Mutants: ddim_sigma returning 1.0 for η = 0; wrong factors. DDIM eq. 16 by hand for ᾱ 0.3 → 0.9, η = 1."""
+    from invedit.ddim import ddim_sigma
+
+    assert ddim_sigma(0.3, 0.9, 0.0) == 0.0
+    expected = math.sqrt((1 - 0.9) / (1 - 0.3)) * math.sqrt(1 - 0.3 / 0.9)
+    assert math.isclose(ddim_sigma(0.3, 0.9, 1.0), expected, rel_tol=1e-12)
+    assert math.isclose(ddim_sigma(0.3, 0.9, 0.5), expected / 2, rel_tol=1e-12)
+
+
+def test_stochastic_step_draws_its_noise_in_the_latents_dtype():
+    """Mutants: torch.randn without dtype= (float32 noise for float64 latents, other numbers from the seed)."""
+    from invedit.ddim import ddim_sigma, predict_x0, stochastic_step
+
+    x = torch.randn(1, 4, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    eps = torch.zeros_like(x)
+    out = stochastic_step(x, eps, 0.3, 0.9, 1.0, torch.Generator().manual_seed(7))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    sigma = ddim_sigma(0.3, 0.9, 1.0)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, math.sqrt(0.9) * predict_x0(x, eps, 0.3) + sigma * z, rtol=0, atol=1e-12)
+
+
+def test_respace_with_no_distance_travelled_spaces_evenly():
+    """Mutants: the zero-length guard of respace (arc[-1] <= 0 changed, its linspace changed)."""
+    from invedit.interpolate import respace
+
+    assert respace([0.0, 0.5, 1.0], [0.0, 0.0], 4) == list(np.linspace(0, 1, 4))
+    assert respace([0.0, 0.5, 1.0], [0.0, 0.0], 3) == [0.0, 0.5, 1.0]
+    # one step of distance 1 then 3: equal steps of arc length put the middle frame at arc 2 → weight 0.5 + 1/6
+    assert np.allclose(respace([0.0, 0.5, 1.0], [1.0, 3.0], 3), [0.0, 0.5 + 0.5 / 3, 1.0])
+
+
+def test_uniform_weights_probes_evenly_then_renders_once_per_round():
+    """Mutants: uniform_weights' default rounds, its first probe (linspace over [0, 1], `probe or frames`)."""
+    from invedit.interpolate import uniform_weights
+
+    calls = []
+
+    def render(weights):
+        calls.append(list(weights))
+        return [np.full((2, 2, 3), w ** 2) for w in weights]  # distance grows with w: respacing moves frames
+
+    weights, images = uniform_weights(render, 5)
+    assert len(calls) == 2 and calls[0] == list(np.linspace(0, 1, 5))
+    assert weights == calls[1] and weights[0] == 0.0 and weights[-1] == 1.0 and weights[2] > 0.5
+    calls.clear()
+    uniform_weights(render, 5, probe=9)
+    assert calls[0] == list(np.linspace(0, 1, 9)) and len(calls[1]) == 5
