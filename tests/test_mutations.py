@@ -134,3 +134,40 @@ def test_uniform_weights_probes_evenly_then_renders_once_per_round():
     calls.clear()
     uniform_weights(render, 5, probe=9)
     assert calls[0] == list(np.linspace(0, 1, 9)) and len(calls[1]) == 5
+
+
+def test_compose_hooks_runs_every_hook_in_order_and_skips_none():
+    """Mutants: compose_hooks dropping a hook, reversing the chain, or not passing the step index."""
+    from invedit.ddim import compose_hooks
+
+    assert compose_hooks(None, None) is None
+    add = lambda i, x: x + i  # noqa: E731
+    double = lambda i, x: x * 2  # noqa: E731
+    assert compose_hooks(None, add) is add
+    x = torch.tensor([1.0])
+    assert compose_hooks(add, None, double)(3, x).item() == 8.0  # (1 + 3) · 2, not 1 · 2 + 3
+    assert compose_hooks(double, add)(3, x).item() == 5.0
+
+
+def test_edict_round_trip_on_the_oracle_is_exact_and_its_mixing_weight_is_checked():
+    """Mutants of edict_sample / edict_invert (a term, a sign, the order of the four lines) and of its p check."""
+    import pytest
+
+    from invedit.edict import edict_invert, edict_sample
+
+    schedule = Schedule.create(NoiseConfig(), 20)
+    oracle = GaussianOracle(schedule)
+    z0 = oracle.m + oracle.s * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x, y = edict_invert(oracle.eps, z0, schedule, 0.93)
+    assert not torch.allclose(x, y)  # two sequences, not one
+    out_x, out_y = edict_sample(oracle.eps, x, y, schedule, 0.93)
+    torch.testing.assert_close(out_x, z0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(out_y, z0, rtol=0, atol=1e-10)
+    exact = oracle.flow(z0, schedule.alphas[-1], schedule.alphas[0])
+    assert float((x - exact).norm()) * 10 < float((z0 - exact).norm())  # and x_T is near the true noise of z_0
+    for p in (0.49, 1.0):
+        with pytest.raises(ValueError, match="mixing weight"):
+            edict_sample(oracle.eps, x, y, schedule, p)
+        with pytest.raises(ValueError, match="mixing weight"):
+            edict_invert(oracle.eps, z0, schedule, p)
+    assert edict_sample(oracle.eps, x, y, schedule, 0.5)[0].shape == z0.shape  # 0.5 is allowed
