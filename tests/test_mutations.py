@@ -171,3 +171,40 @@ def test_edict_round_trip_on_the_oracle_is_exact_and_its_mixing_weight_is_checke
         with pytest.raises(ValueError, match="mixing weight"):
             edict_invert(oracle.eps, z0, schedule, p)
     assert edict_sample(oracle.eps, x, y, schedule, 0.5)[0].shape == z0.shape  # 0.5 is allowed
+
+
+def test_mix_extras_slerps_the_noises_and_lerps_the_rest():
+    """Mutants of mix_extras: noise and non-noise tensors mixed the other way, the weight flipped, the key check."""
+    import pytest
+
+    from invedit.interpolate import mix_extras
+
+    a = {"y_T": torch.tensor([[1.0, 0.0]]), "uncond": torch.tensor([[2.0, 0.0]])}
+    b = {"y_T": torch.tensor([[0.0, 1.0]]), "uncond": torch.tensor([[0.0, 4.0]])}
+    mixed = mix_extras(a, b, 0.5, "slerp", False, noises=("y_T",))
+    assert torch.allclose(mixed["y_T"], torch.tensor([[1.0, 1.0]]) / math.sqrt(2))  # slerp: the norm is kept
+    assert torch.allclose(mixed["uncond"], torch.tensor([[1.0, 2.0]]))  # lerp
+    quarter = mix_extras(a, b, 0.25, "lerp", False, noises=("y_T",))
+    assert torch.allclose(quarter["y_T"], torch.tensor([[0.75, 0.25]]))  # mode lerp reaches the noises too
+    assert torch.allclose(quarter["uncond"], torch.tensor([[1.5, 1.0]]))
+    with pytest.raises(ValueError, match="different tensors"):
+        mix_extras(a, {"y_T": b["y_T"]}, 0.5, "slerp", False)
+
+
+def test_stack_extras_batches_per_step_tensors_on_their_second_axis():
+    """Mutants of stack_extras: the axis of per-step tensors (N, B, …) and of the others (B, …)."""
+    from invedit.interpolate import stack_extras
+
+    frames = [{"offsets": torch.full((5, 1, 3), float(k)), "y_T": torch.full((1, 3), float(k))} for k in range(3)]
+    stacked = stack_extras(frames, per_step=("offsets",))
+    assert stacked["offsets"].shape == (5, 3, 3) and stacked["y_T"].shape == (3, 3)
+    assert stacked["offsets"][:, 2].eq(2).all() and stacked["y_T"][1].eq(1).all()
+
+
+def test_spread_is_the_coefficient_of_variation_and_nan_without_motion():
+    """Mutants of spread: std/mean replaced, the empty and the motionless guard."""
+    from invedit.interpolate import spread
+
+    assert spread([1.0, 1.0, 1.0]) == 0.0
+    assert math.isclose(spread([1.0, 3.0]), 0.5, rel_tol=1e-12)  # std 1, mean 2
+    assert math.isnan(spread([])) and math.isnan(spread([0.0, 0.0]))
