@@ -5,8 +5,8 @@ import json
 
 import click
 
-from .cli import Bars, _load, _refuse_for_saved, _settings, announce, friendly, image_options, inversion_options, main, \
-    model_options, output_options
+from .cli import Bars, _load, _refuse_for_saved, _settings, announce, friendly, image_options, inversion_options, \
+    main, model_options, output_options
 
 
 def _reweights(values) -> tuple[tuple[str, float], ...]:
@@ -56,7 +56,8 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
 @friendly
 def edit(source_file, source, targets, model, model_config, device, dtype, steps, method, guidance, tol,
          max_iter, pivot, null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, cross_replace,
-         self_replace, blend, keep, blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit, out, as_json):
+         self_replace, blend, keep, blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit,
+         out, as_json):
     """Edit a photo from a source prompt to one or more target prompts (Prompt-to-Prompt).
 
     The image is inverted under --source with --method at --guidance; then the source branch (which
