@@ -11,7 +11,7 @@ from PIL import Image
 from invedit.ddim import ddim_step, sample
 from invedit.invert import invert
 from invedit.io import prepare
-from invedit.methods import METHODS, Conditioning, MethodOptions, invert_with, replay
+from invedit.methods import Conditioning, MethodOptions, invert_with, replay
 from invedit.report import image_metrics, to_unit
 from invedit.schedule import NoiseConfig, Schedule
 from oracle import GaussianOracle
