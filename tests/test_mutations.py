@@ -189,6 +189,10 @@ def test_mix_extras_slerps_the_noises_and_lerps_the_rest():
     assert torch.allclose(quarter["uncond"], torch.tensor([[1.5, 1.0]]))
     with pytest.raises(ValueError, match="different tensors"):
         mix_extras(a, {"y_T": b["y_T"]}, 0.5, "slerp", False)
+    g = torch.Generator().manual_seed(0)
+    na, nb = {"y_T": torch.randn(1, 4, 8, 8, generator=g)}, {"y_T": 3 + 2 * torch.randn(1, 4, 8, 8, generator=g)}
+    plain, renormalised = (mix_extras(na, nb, 0.5, "slerp", r, noises=("y_T",))["y_T"] for r in (False, True))
+    assert not torch.allclose(plain, renormalised)  # the renormalise flag reaches the noises (AdaIN)
 
 
 def test_stack_extras_batches_per_step_tensors_on_their_second_axis():
@@ -205,6 +209,13 @@ def test_spread_is_the_coefficient_of_variation_and_nan_without_motion():
     """Mutants of spread: std/mean replaced, the empty and the motionless guard."""
     from invedit.interpolate import spread
 
-    assert spread([1.0, 1.0, 1.0]) == 0.0
-    assert math.isclose(spread([1.0, 3.0]), 0.5, rel_tol=1e-12)  # std 1, mean 2
-    assert math.isnan(spread([])) and math.isnan(spread([0.0, 0.0]))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the guards, not a 0/0 that happens to give nan with a RuntimeWarning
+        assert spread([1.0, 1.0, 1.0]) == 0.0
+        assert math.isclose(spread([1.0, 3.0]), 0.5, rel_tol=1e-12)  # std 1, mean 2
+        assert math.isnan(spread([])) and math.isnan(spread([0.0, 0.0]))
+    d32 = np.array([0.1, 0.3, 0.7], dtype=np.float32)  # float32 distances are summed in float64
+    d64 = d32.astype(np.float64)
+    assert spread(d32) == float(d64.std() / d64.mean())
