@@ -190,7 +190,8 @@ def announce(settings, images: int = 1, rows: int = 1) -> None:
 
     invert, regenerate = METHODS[settings.method].calls(settings.steps, settings.options())
     batch = rows * (1 if settings.guidance == 1.0 else 2)
-    each = f"; each call on {batch} rows" + (" (guidance doubles them)" if settings.guidance != 1.0 else "")
+    each = f"; each call on {batch} row{'s' if batch != 1 else ''}" + (
+        " (guidance doubles them)" if settings.guidance != 1.0 else "")
     click.echo(f"{settings.method}, {settings.steps} steps: up to {invert * images} network calls to invert "
                f"{images} image{'s' if images != 1 else ''}, {regenerate} to regenerate{each}", err=True)
 
