@@ -185,15 +185,16 @@ def _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_
 
 
 def announce(settings, images: int = 1, rows: int = 1) -> None:
-    """Say up front how many network calls a run will make (on a large model each can take seconds)."""
+    """Say up front how many network calls a run will make (on a large model each can take seconds): the
+    inversion's (an upper bound) and the regeneration's, with the batch each call carries."""
     from .methods import METHODS
 
     invert, regenerate = METHODS[settings.method].calls(settings.steps, settings.options())
-    batch = rows * (1 if settings.guidance == 1.0 else 2)
-    each = f"; each call on {batch} row{'s' if batch != 1 else ''}" + (
-        " (guidance doubles them)" if settings.guidance != 1.0 else "")
-    click.echo(f"{settings.method}, {settings.steps} steps: up to {invert * images} network calls to invert "
-               f"{images} image{'s' if images != 1 else ''}, {regenerate} to regenerate{each}", err=True)
+    g = 1 if settings.guidance == 1.0 else 2  # classifier-free guidance: [uncond, cond] rows in one call
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"  # noqa: E731
+    click.echo(f"{settings.method}, {settings.steps} steps: up to {plural(invert * images, 'network call')} to "
+               f"invert {plural(images, 'image')} (on up to {plural(g, 'row')} each), {regenerate} to regenerate "
+               f"(on {plural(rows * g, 'row')} each)", err=True)
 
 
 INVERSION_OPTIONS = ("prompt", "steps", "method", "guidance", "tol", "max_iter", "pivot", "null_text_lr",
