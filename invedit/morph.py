@@ -125,7 +125,8 @@ class _Segment:
 
 
 def interpolate(model, inputs: Sequence[Any], prompts: Sequence[str] = ("",),
-                settings: InversionSettings = InversionSettings(), interp: InterpolationSettings = InterpolationSettings(),
+                settings: InversionSettings = InversionSettings(method="fixed-point"),
+                interp: InterpolationSettings = InterpolationSettings(),
                 out: Optional[str | os.PathLike] = None, max_side: Optional[int] = None, fit: str = "pad",
                 progress: Progress = no_progress, names: Optional[Sequence[str]] = None) -> InterpolateResult:
     """Interpolate between two or more photos or inversion files (see the module docstring).
