@@ -219,3 +219,70 @@ def test_spread_is_the_coefficient_of_variation_and_nan_without_motion():
     d32 = np.array([0.1, 0.3, 0.7], dtype=np.float32)  # float32 distances are summed in float64
     d64 = d32.astype(np.float64)
     assert spread(d32) == float(d64.std() / d64.mean())
+
+
+def test_slerp_of_parallel_noises_falls_back_to_lerp_and_mix_noise_defaults_to_slerp():
+    """Mutants: slerp's near-parallel threshold (θ → 0 divides 0 by 0), mix_noise's default mode and message."""
+    import pytest
+
+    from invedit.interpolate import lerp, mix_noise
+
+    a = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mid = slerp(a, a.clone(), 0.5)
+    assert torch.isfinite(mid).all() and torch.allclose(mid, a)
+    b = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(mix_noise(a, b, 0.3), slerp(a, b, 0.3))
+    assert not torch.allclose(mix_noise(a, b, 0.3), lerp(a, b, 0.3))
+    with pytest.raises(ValueError, match="interpolation mode 'cubic' is not one of"):
+        mix_noise(a, b, 0.3, "cubic")
+
+
+def test_respace_uses_the_whole_path_not_its_first_step():
+    """Mutants: respace's guard reading arc[1] or arc[-2] (a first step of zero length) instead of the total."""
+    from invedit.interpolate import respace
+
+    # no motion on the first step, 2 on the second: the middle frame goes halfway along the second step
+    assert np.allclose(respace([0.0, 0.5, 1.0], [0.0, 2.0], 3), [0.0, 0.75, 1.0])
+
+
+def test_edict_sample_defaults_keeps_float32_for_half_inputs_and_hooks_both_sequences():
+    """Mutants of edict_sample: its default p, the dtype of its latents, the hook's arguments."""
+    from invedit.edict import edict_sample
+
+    schedule = Schedule.create(NoiseConfig(), 3)
+    oracle = GaussianOracle(schedule)
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = x + 0.01
+    default, explicit = edict_sample(oracle.eps, x, y, schedule), edict_sample(oracle.eps, x, y, schedule, 0.93)
+    assert torch.equal(default[0], explicit[0])  # the default p is 0.93
+    half = edict_sample(oracle.eps, x.bfloat16(), y.bfloat16(), schedule)
+    assert half[0].dtype == torch.float32 and half[1].dtype == torch.float32  # latent arithmetic in float32
+    seen = []
+
+    def hook(i, z):
+        seen.append((i, z.clone()))
+        return z * 0.5
+
+    hooked = edict_sample(oracle.eps, x, y, schedule, hook=hook)
+    assert [i for i, _ in seen] == [0, 0, 1, 1, 2, 2]  # each step, both sequences, with the step index
+    assert not torch.equal(seen[0][1], seen[1][1])  # x, then y
+    assert torch.equal(hooked[0], seen[-2][1] * 0.5) and torch.equal(hooked[1], seen[-1][1] * 0.5)
+
+
+def test_edict_keeps_its_latents_dtype_whatever_eps_returns_and_reports_progress():
+    """Mutants of edict_invert / edict_sample: the default p, `.to(dtype)` of ε and of z_0, the callback's counts."""
+    from invedit.edict import edict_invert, edict_sample
+
+    schedule = Schedule.create(NoiseConfig(), 3)
+    oracle = GaussianOracle(schedule)
+    eps64 = lambda x, t: oracle.eps(x.double(), t)  # noqa: E731  (a network answering in float64)
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    inv_steps, sample_steps = [], []
+    x, y = edict_invert(eps64, z0, schedule, callback=lambda d, n: inv_steps.append((d, n)))
+    assert x.dtype == torch.float32 and y.dtype == torch.float32
+    assert torch.equal(x, edict_invert(eps64, z0, schedule, 0.93)[0])  # the default p is 0.93
+    xb, _ = edict_invert(eps64, z0.bfloat16(), schedule)
+    assert xb.dtype == torch.float32  # bf16 latents are lifted to float32 first
+    out = edict_sample(eps64, x, y, schedule, callback=lambda d, n: sample_steps.append((d, n)))
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.float32
+    assert inv_steps == sample_steps == [(1, 3), (2, 3), (3, 3)]
