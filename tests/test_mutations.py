@@ -286,3 +286,21 @@ def test_edict_keeps_its_latents_dtype_whatever_eps_returns_and_reports_progress
     out = edict_sample(eps64, x, y, schedule, callback=lambda d, n: sample_steps.append((d, n)))
     assert out[0].dtype == torch.float32 and out[1].dtype == torch.float32
     assert inv_steps == sample_steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_slerp_of_a_batch_of_unequal_norms_at_sixty_degrees():
+    """Mutants of slerp's cosine (summed over the batch, norms divided, norm of the whole batch, clamp at 1) and of
+    its sin(θ) division: values known by hand for each row of a batch, endpoints returned exactly."""
+    c, s = math.cos(math.pi / 3), math.sin(math.pi / 3)
+    a = torch.tensor([[0.5, 0.0], [0.0, 3.0]], dtype=torch.float64)  # row norms 0.5 and 3
+    b = torch.tensor([[0.5 * c, 0.5 * s], [0.0, -3.0]], dtype=torch.float64)  # 60° and 180° from a
+    half = slerp(a, b, 0.5)
+    assert torch.allclose(half[0], torch.tensor([0.5 * math.cos(math.pi / 6), 0.5 * math.sin(math.pi / 6)],
+                                                dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(half[1], torch.zeros(2, dtype=torch.float64), atol=1e-12)  # antiparallel: lerp, midpoint 0
+    third = slerp(a[:1], b[:1], 1 / 3)  # 20° along the arc, norm kept
+    assert torch.allclose(third, 0.5 * torch.tensor([[math.cos(math.pi / 9), math.sin(math.pi / 9)]],
+                                                    dtype=torch.float64), atol=1e-12)
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    y = torch.randn(3, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(slerp(x, y, 0.0), x) and torch.equal(slerp(x, y, 1.0), y)
