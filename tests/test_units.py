@@ -194,3 +194,34 @@ def test_schedule_checks_its_levels():
     assert Schedule((999,), (0.1, 1.0)).steps == 1  # ᾱ = 1 is allowed (set_alpha_to_one)
     s = Schedule.create(NoiseConfig(), 3)
     assert Schedule.from_dict(s.to_dict()) == s and s.step_alphas(2) == (s.alphas[2], s.alphas[3])
+
+
+def test_bdia_sample_hooks_every_level_and_takes_its_sources_from_the_batch():
+    """The hook reaches every level (the stored x_1 included); without `sources`, every row of a batch is its own
+    source, whatever the batch size (5 rows, 4 channels: the count comes from the batch axis)."""
+    schedule, oracle, _ = oracle_case(4)
+    z0 = oracle.m + oracle.s * torch.randn(5, 4, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x_T, x_1 = bdia_invert(oracle.eps, z0, schedule)
+    torch.testing.assert_close(bdia_sample(oracle.eps, x_T, x_1, schedule), z0, rtol=0, atol=1e-12)
+    seen = []
+
+    def hook(i, x):
+        seen.append((i, x.clone()))
+        return x
+
+    bdia_sample(oracle.eps, x_T, x_1, schedule, hook=hook)
+    assert [i for i, _ in seen] == [0, 1, 2, 3] and torch.equal(seen[0][1], x_1)
+    halved = bdia_sample(oracle.eps, x_T, x_1, schedule, hook=lambda i, x: x * 0.5 if i == 3 else x)
+    torch.testing.assert_close(halved, z0 * 0.5, rtol=0, atol=1e-12)
+
+
+def test_fixed_point_iterates_each_image_of_a_batch_as_if_alone():
+    """Anderson's least squares are per image (one problem per row of the batch): a batch of two gives what
+    each image alone gives, step by step, and the same number of iterations."""
+    schedule, oracle, z0 = oracle_case(5)
+    options = FixedPointOptions(tol=1e-10, max_iter=30, anderson=2)
+    batch = invert(oracle.eps, z0, schedule, "fixed-point", options)
+    for k in range(2):
+        alone = invert(oracle.eps, z0[k:k + 1], schedule, "fixed-point", options)
+        torch.testing.assert_close(batch.x_T[k:k + 1], alone.x_T, rtol=0, atol=1e-12)
+    assert max(batch.residuals) <= 1e-10
