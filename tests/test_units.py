@@ -3,6 +3,7 @@ guidance batching, the sampler's start/hook/callback/dtype, inversion bookkeepin
 and every validation message. Written against mutmut's survivors (session 4); values known by hand."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +226,23 @@ def test_fixed_point_iterates_each_image_of_a_batch_as_if_alone():
         alone = invert(oracle.eps, z0[k:k + 1], schedule, "fixed-point", options)
         torch.testing.assert_close(batch.x_T[k:k + 1], alone.x_T, rtol=0, atol=1e-12)
     assert max(batch.residuals) <= 1e-10
+
+
+def test_small_contracts_that_mutmut_found_loose():
+    """tile keeps the trailing shape; guided splits [uncond, cond] for any batch; rms_distance by hand; 1000
+    steps of 1000 timesteps are allowed and every timestep is used; a schedule keeps its own noise config."""
+    from invedit.interpolate import rms_distance
+    from invedit.schedule import inference_timesteps
+
+    assert tile(torch.ones(2, 3, 5), 6).shape == (6, 3, 5)
+    cond, x = torch.tensor([[[1.0]], [[2.0]], [[3.0]]]), torch.ones(3, 1, 1, 1)
+    out = guided(lambda x, t, c: x * c[:, :1, :1, None], cond, torch.zeros(1, 1, 1), 2.0)(x, 0)
+    assert out.flatten().tolist() == [2.0, 4.0, 6.0]  # ε_u = 0, so 2·ε_c, row by row
+    a, b = np.zeros((2, 2)), np.full((2, 2), 0.25)
+    assert rms_distance(a, b) == 0.25 and rms_distance(b, b) == 0.0
+    for spacing in ("leading", "trailing", "linspace"):
+        ts = inference_timesteps(NoiseConfig(timestep_spacing=spacing, steps_offset=0), 1000)
+        assert sorted(ts) == list(range(1000)), spacing
+    noise = NoiseConfig(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, timestep_spacing="trailing")
+    s = Schedule.create(noise, 4)
+    assert Schedule.from_dict(s.to_dict()).noise == noise
