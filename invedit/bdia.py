@@ -52,22 +52,27 @@ def _moves(schedule: Schedule, k: int) -> tuple[tuple[float, float], tuple[float
 
 def bdia_sample(eps_fn: EpsFn, x_T: torch.Tensor, x_1: torch.Tensor, schedule: Schedule, gamma: float = 1.0,
                 callback: Optional[StepCallback] = None, hook: Optional[Hook] = None,
-                sources: Optional[int] = None) -> torch.Tensor:
+                sources: Optional[int] = None, mix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run the schedule forwards from the pair (level 0, level 1) to the clean end; returns level N.
 
     The first `sources` rows (all when None) run BDIA; the rows after them, laid out prompt-major in groups of
-    `sources`, take a DDIM step plus their source row's correction (see the module docstring).
+    `sources`, take a DDIM step plus their source row's correction (see the module docstring). With `mix`
+    (R, P), row r takes Σ_p mix[r, p]·correction_p of the first P rows instead (interpolation frames between
+    two inversions replayed in the same batch: rows [1, 0] and [0, 1] are the inversions themselves).
     `hook(i, x)` replaces the level i + 1 just reached (step 0 reaches the stored x_1)."""
     check_gamma(gamma)
     dtype = latent_dtype(x_T)
     prev, x = x_T.to(dtype), x_1.to(dtype)
-    N, P = schedule.steps, x_T.shape[0] if sources is None else sources
+    N = schedule.steps
+    P = mix.shape[1] if mix is not None else x_T.shape[0] if sources is None else sources
     for k in range(N):
         if k > 0:
             (a_fwd, b_fwd), (a_back, b_back) = _moves(schedule, k)
             eps = eps_fn(x, schedule.timesteps[k]).to(dtype)
             correction = gamma * (prev[:P] - (a_back * x[:P] + b_back * eps[:P]))  # γ·(x_{k−1} − x_k − Δ_back)
-            prev, x = x, a_fwd * x + b_fwd * eps + tile(correction, x.shape[0])
+            spread = tile(correction, x.shape[0]) if mix is None else \
+                torch.einsum("rp,p...->r...", mix.to(dtype), correction)
+            prev, x = x, a_fwd * x + b_fwd * eps + spread
         if hook is not None:
             x = hook(k, x)
         if callback is not None:

@@ -344,7 +344,7 @@ def roundtrip(image, model, model_config, device, dtype, prompt, steps, method, 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @model_options
-@inversion_options(many=True, method="fixed-point")  # bdia frames regenerate with DDIM: see README
+@inversion_options(many=True, method="fixed-point")  # smoother frames than bdia's: see README
 @click.option("--frames", "-f", type=click.IntRange(2, 1000), default=16, show_default=True,
               help="Frames per pair of inputs, both ends included.")
 @click.option("--mode", type=click.Choice(["slerp", "lerp"]), default="slerp", show_default=True,

@@ -195,10 +195,13 @@ def _edict_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> to
 
 
 def _bdia_sampler(eps_fn, x_T, extras, schedule, options, callback, hook) -> torch.Tensor:
-    """The stored pair (x_T, x_1) with the source rows' closed loop; frames that mix two inversions have no pair
-    (x_1 is an anchor) and regenerate with DDIM from their mixed noise."""
+    """The stored pair (x_T, x_1) with the source rows' closed loop. Interpolation frames come with both inversions
+    in the batch and a `mix` of their corrections (`morph`); without x_1 at all, plain DDIM from the noise."""
     if "x_1" not in extras:
         return sample(eps_fn, x_T, schedule, callback=callback, hook=hook)
+    if "mix" in extras:  # interpolation frames: x_1 for every row, the first rows the two inversions themselves
+        return bdia_sample(eps_fn, x_T, extras["x_1"].to(x_T.device), schedule, options.bdia_gamma, callback, hook,
+                           mix=extras["mix"].to(x_T.device))
     x_1 = tile(extras["x_1"].to(x_T.device), x_T.shape[0])
     return bdia_sample(eps_fn, x_T, x_1, schedule, options.bdia_gamma, callback, hook, sources=extras["x_1"].shape[0])
 
@@ -217,6 +220,7 @@ class Method:
     noises: tuple[str, ...] = ()  # extras that are noises: interpolated like x_T
     anchors: tuple[str, ...] = ()  # extras that only the inversion's own trajectory can use: dropped when mixed
     requires: tuple[str, ...] = ()  # extras a replay cannot do without
+    frames_with_ends: bool = False  # interpolation replays both inversions beside its frames (extras "x_1", "mix")
     calls: Callable[[int, MethodOptions], tuple[int, int]] = lambda n, o: (n, n)  # (inversion at most, replay)
 
 
@@ -238,7 +242,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("edict", _invert_edict, "2", sampler=_edict_sampler, noises=("y_T",), requires=("y_T",),
            calls=lambda n, o: (2 * n, 2 * n)),
     Method("bdia", _invert_bdia, "1", sampler=_bdia_sampler, noises=("x_1",), anchors=("x_1",), requires=("x_1",),
-           calls=lambda n, o: (n, n - 1)),
+           calls=lambda n, o: (n, n - 1), frames_with_ends=True),
 )}
 
 

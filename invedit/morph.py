@@ -108,8 +108,16 @@ class _Segment:
         m = self.method
         extras = stack_extras([mix_extras(*self.extras, w, s.mode, s.renormalise, m.noises) for w in weights],
                               m.per_step)
+        ends = 0
+        if m.frames_with_ends:  # BDIA: both inversions ride along, each frame follows their corrections mixed
+            ends, (xa, xb) = 2, (inv.extras["x_1"].to(dev) for inv in (a, b))
+            x_T = torch.cat([a.x_T.to(dev), b.x_T.to(dev), x_T])
+            cond = torch.cat([self.ca.cond, self.cb.cond, cond])
+            uncond = torch.cat([self.ca.uncond, self.cb.uncond, uncond])
+            extras = {"x_1": torch.cat([xa, xb, *(mix_noise(xa, xb, w, s.mode, s.renormalise) for w in weights)]),
+                      "mix": torch.tensor([[1.0, 0.0], [0.0, 1.0], *([1 - w, w] for w in weights)], device=dev)}
         c = Conditioning(counted(self.model.eps, self.counter), cond, uncond, a.guidance)
-        z = replay(a.method, c, x_T, extras, a.schedule, replay_options(a))
+        z = replay(a.method, c, x_T, extras, a.schedule, replay_options(a))[ends:]
         return [to_uint8(p) for p in self.box(self.model.decode(z))]
 
     def render(self, weights: Sequence[float]) -> list[np.ndarray]:
