@@ -174,3 +174,21 @@ def test_bdia_interpolation_ends_on_the_images_own_reconstructions(tmp_path):
                          api.InversionSettings(steps=20, method="bdia", guidance=3.0), InterpolationSettings(frames=4))
     ends = result.report["endpoints"]
     assert all(e["frame_psnr_vs_reconstruction"] >= 60 for e in ends), ends  # DDIM-regenerated ends: 23-30 dB
+
+
+def test_replay_runs_edit_rows_in_closed_loop_around_the_source():
+    """Through `methods.replay` (the path edits take): with an affine ε whose target prompt shifts ε by a
+    constant, a target row's deviation from the source is the one DDIM gives from level 1, where both rows start
+    from the stored x_1. Running BDIA on the target row itself (the sources not passed on) does not give it."""
+    from invedit.ddim import sample
+
+    schedule, oracle, z0 = oracle_case(30)
+    oracle.s = 0.05
+    model_eps = lambda x, t, cond: oracle.eps(x, t) + cond[:, :1, :1, None]  # noqa: E731
+    cond = torch.tensor([[[0.0]], [[0.02]]], dtype=torch.float64)  # source row, target row
+    c = Conditioning(model_eps, cond, cond[:1], 1.0)
+    x_T, x_1 = bdia_invert(lambda x, t: model_eps(x, t, cond[:1]), z0[:1], schedule)
+    out = replay("bdia", c, x_T.repeat(2, 1, 1, 1), {"x_1": x_1}, schedule)
+    torch.testing.assert_close(out[:1], z0[:1], rtol=0, atol=1e-12)
+    ddim = sample(c.eps_fn(), x_1.repeat(2, 1, 1, 1), schedule, start=1)
+    torch.testing.assert_close(out[1] - out[0], ddim[1] - ddim[0], rtol=0, atol=1e-12)
