@@ -70,10 +70,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def unet_kwargs(model, cond: torch.Tensor, x: torch.Tensor) -> dict:
+    """The UNet's conditioning arguments for text embeddings `cond` (rows of x), as diffusers' pipelines pass
+    them. SD 1.x/2.x: the hidden states. SDXL (invedit packs the pooled embedding as the last row, see
+    invedit.model.adapter): the hidden states, and `added_cond_kwargs` as StableDiffusionXLPipeline builds them,
+    text_embeds = the pooled embedding and time_ids = original size + crop (0, 0) + target size, both the image
+    size (`_get_add_time_ids`)."""
+    if not getattr(model, "xl", False):
+        return {"encoder_hidden_states": cond}
+    pooled = cond[:, -1, :model.text_encoder_2.config.projection_dim]
+    size = (x.shape[-2] * model.vae_scale_factor, x.shape[-1] * model.vae_scale_factor)
+    time_ids = torch.tensor([list(size + (0, 0) + size)], dtype=cond.dtype).to(x.device).repeat(cond.shape[0], 1)
+    return {"encoder_hidden_states": cond[:, :-1],
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
 def reference_loop(model, z0, cond, uncond, w, steps):
     """diffusers' DDIMInverseScheduler + DDIMScheduler loop with classifier-free guidance, calling the UNet.
 
-    Returns (x_T, ẑ0, UNet calls). cond (B, L, D), uncond (1 or B, L, D)."""
+    Returns (x_T, ẑ0, UNet calls). cond (B, L, D), uncond (1 or B, L, D) (SDXL: packed, (B, L + 1, D))."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     config = model.scheduler_config
@@ -84,11 +99,12 @@ def reference_loop(model, z0, cond, uncond, w, steps):
     x = z0.to(model.device, model.dtype)
     c = cond.to(model.device, model.dtype)
     both = torch.cat([uncond.to(model.device, model.dtype).expand_as(c), c])  # (2B, L, D): [uncond, cond]
+    single, double = unet_kwargs(model, c, x), unet_kwargs(model, both, x)
 
     def eps(x, t):
         if w == 1:
-            return unet(x, t, encoder_hidden_states=c).sample
-        eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
+            return unet(x, t, **single).sample
+        eps_u, eps_c = unet(torch.cat([x, x]), t, **double).sample.chunk(2)
         return eps_u + w * (eps_c - eps_u)
 
     for t in inverse.timesteps:

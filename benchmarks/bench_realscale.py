@@ -1,10 +1,12 @@
 """Speed and memory at Stable Diffusion's real size: invedit against diffusers' own loop and the bare UNet.
 
-The model is SD 1.5-shaped with RANDOM weights, built from the configs below (UNet 860 M, VAE 84 M and CLIP
-text encoder 123 M parameters; no network, nothing downloaded) and saved once as a diffusers folder in
-safetensors (default /tmp/invedit-sd15-random, reused when present), so that `invedit.model.load_model`
-loads it exactly as it loads a user's model. Speed does not depend on the weights' values; reconstruction
-errors do (random latents have std ~0.05), so the error columns only compare the two loops with each other.
+The model is SD 1.5-shaped (--family sd15, default) or SDXL-shaped (--family sdxl) with RANDOM weights, built
+from the configs below (SD 1.5: UNet 860 M, VAE 84 M and CLIP text encoder 123 M parameters; SDXL: UNet
+2.57 G, VAE 84 M, text encoders 123 M + 695 M; no network, nothing downloaded) and saved once as a diffusers
+folder in safetensors (default /tmp/invedit-sd15-random or /tmp/invedit-sdxl-random, reused when present), so
+that `invedit.model.load_model` loads it exactly as it loads a user's model. Speed does not depend on the
+weights' values; reconstruction errors do (random latents have std ~0.05), so the error columns only compare
+the two loops with each other.
 
 For every configuration (dtype × image size × batch × guidance w) a fresh process (this script, spawned with
 a hidden --child) loads the model in that dtype, encodes a batch of random images with the VAE (one image at
@@ -31,6 +33,7 @@ use one repeat (~23 and ~21 min); --repeats 3 triples them, --steps 5 halves the
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_realscale.py --sizes 512 --batches 1 \\
         --dtypes fp32 bf16 --steps 10 --repeats 1 --json docs/realscale-512.json --markdown docs/realscale-512.md
     python benchmarks/bench_realscale.py --guidance 1 7.5  # on a GPU: 256² and 512², batch 1/4/8, 3 dtypes, 50 steps
+    python benchmarks/bench_realscale.py --family sdxl --sizes 1024 --batches 1 --dtypes fp16  # SDXL on a GPU
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_realscale.py --quick  # 128², batch 1, fp32, 2 steps
 """
 from __future__ import annotations
@@ -61,7 +64,7 @@ from invedit.report import jsonable
 from invedit.schedule import Schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import _rounded, cpu_name, reference_loop, sync  # noqa: E402
+from bench_methods import _rounded, cpu_name, reference_loop, sync, unet_kwargs  # noqa: E402
 
 DEFAULT_FOLDER = Path("/tmp/invedit-sd15-random")
 PROMPT = "a photo of a cat on a sofa"
@@ -86,22 +89,40 @@ SD15_VAE = dict(
 SD15_TEXT = dict(
     vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5)
+# SDXL base 1.0's configs (stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, text_encoder/, text_encoder_2/
+# config.json): UNet 2.57 G, VAE 84 M, CLIP ViT-L 123 M + OpenCLIP ViT-bigG 695 M parameters; its scheduler's
+# noise config is SD 1.5's (scaled_linear 0.00085…0.012, steps_offset 1, leading), run here as DDIM
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0, upcast_attention=False)
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_2 = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=1280, layer_norm_eps=1e-5)
+FAMILIES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+DEFAULT_FOLDERS = {"sd15": DEFAULT_FOLDER, "sdxl": Path("/tmp/invedit-sdxl-random")}
 GiB = 2**30
 # every method but null-text, whose optimisation also runs backward passes that (c) would not count
 BENCH_METHODS = [m for m in METHODS if m != "null-text"]
 
 
 # --- the model ------------------------------------------------------------------------------------
-def build_random_sd15(folder: Path, seed: int = 0) -> Path:
-    """Write an SD 1.5-shaped pipeline with random weights (fp32, safetensors) to `folder`, unless it is there.
+def build_random(family: str, folder: Path, seed: int = 0) -> Path:
+    """Write a `family`-shaped pipeline (sd15 | sdxl) with random weights (safetensors) to `folder`, unless it is
+    there: SD 1.5 in fp32, SDXL in fp16 (its 3.5 G parameters; built on the GPU when there is one, which takes
+    seconds where the CPU takes minutes).
 
     Written to a sibling folder first and renamed at the end, so that an interrupted build is never reused."""
     if (folder / "model_index.json").is_file():
         return folder
     if folder.exists():
         raise SystemExit(f"{folder} exists but holds no model_index.json: remove it or pass another --model-dir")
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     start = time.perf_counter()
@@ -109,18 +130,30 @@ def build_random_sd15(folder: Path, seed: int = 0) -> Path:
         tokenizer = write_tokenizer(partial / "tokenizer", WORDS)
         ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
+        vocab = max(SD15_TEXT["vocab_size"], len(tokenizer))
         torch.manual_seed(seed)
-        text_config = CLIPTextConfig(**{**SD15_TEXT, "vocab_size": max(SD15_TEXT["vocab_size"], len(tokenizer))},
-                                     **ids)
-        parts = dict(unet=UNet2DConditionModel(**SD15_UNET).eval(), vae=AutoencoderKL(**SD15_VAE).eval(),
-                     text_encoder=CLIPTextModel(text_config).eval())
-        save_pipeline(partial, **parts, tokenizer=tokenizer, scheduler_config=dict(SD_SCHEDULER))
+        if family == "sd15":
+            parts = dict(unet=UNet2DConditionModel(**SD15_UNET).eval(), vae=AutoencoderKL(**SD15_VAE).eval(),
+                         text_encoder=CLIPTextModel(CLIPTextConfig(**{**SD15_TEXT, "vocab_size": vocab}, **ids)).eval())
+            save_pipeline(partial, **parts, tokenizer=tokenizer, scheduler_config=dict(SD_SCHEDULER))
+        else:
+            tokenizer_2 = write_tokenizer(partial / "tokenizer_2", WORDS)
+            with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+                parts = dict(
+                    unet=UNet2DConditionModel(**SDXL_UNET).half().eval(), vae=AutoencoderKL(**SDXL_VAE).eval(),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**{**SD15_TEXT, "vocab_size": vocab}, **ids)).half(),
+                    text_encoder_2=CLIPTextModelWithProjection(
+                        CLIPTextConfig(**{**SDXL_TEXT_2, "vocab_size": vocab}, **ids)).half())
+            pipe = StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                                             scheduler=DDIMScheduler(**SD_SCHEDULER), force_zeros_for_empty_prompt=True)
+            pipe.save_pretrained(partial, safe_serialization=True)
         partial.rename(folder)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     counts = ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.1f} M" for k, m in parts.items())
-    log(f"built the random SD 1.5-shaped model in {folder} ({counts}) in {time.perf_counter() - start:.0f} s")
+    log(f"built the random {FAMILIES[family]}-shaped model in {folder} ({counts}) in "
+        f"{time.perf_counter() - start:.0f} s")
     return folder
 
 
@@ -172,24 +205,33 @@ def run_invedit(model, method: str, z0, cond, uncond, w: float, schedule: Schedu
 
 
 def unet_inputs(model, z0, cond, uncond, w: float, schedule: Schedule):
-    """(c)'s inputs, built once: latents, one timestep tensor per step and the embeddings, at (a)'s batch."""
+    """(c)'s inputs, built once: latents, one timestep tensor per step and the UNet's conditioning arguments
+    (SDXL's added conditioning included), at (a)'s batch."""
     B = z0.shape[0]
     rows = B if w == 1 else 2 * B  # guidance batches [uncond, cond]
     x = torch.randn(rows, *z0.shape[1:], generator=torch.Generator().manual_seed(1)).to(model.device, model.dtype)
     e = cond.expand(B, -1, -1) if w == 1 else torch.cat([uncond.expand(B, -1, -1), cond.expand(B, -1, -1)])
     e = e.to(model.device, model.dtype).contiguous()
     ts = [torch.full((rows,), t, device=model.device, dtype=torch.long) for t in schedule.timesteps]
-    return x, ts, e
+    return x, ts, unet_kwargs(model, e, x)
 
 
 def run_unet(model, inputs, calls: int, device: torch.device) -> list[float]:
-    """(c): `calls` bare UNet calls, nothing else; returns the seconds elapsed after each call (synchronised per
-    call on CUDA), so that one run times every method's count of calls."""
-    x, ts, e = inputs
+    """(c): `calls` bare UNet calls, nothing else; returns the seconds elapsed after each call, so that one run
+    times every method's count of calls. On CUDA the calls are queued without waiting, as a loop queues them, and
+    an event recorded after each call gives its elapsed time."""
+    x, ts, kwargs = inputs
+    if device.type == "cuda":
+        begin, ends = torch.cuda.Event(enable_timing=True), [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+        begin.record()
+        for i in range(calls):
+            model.unet(x, ts[i % len(ts)], return_dict=False, **kwargs)
+            ends[i].record()
+        sync(device)
+        return [begin.elapsed_time(end) / 1000 for end in ends]
     start, elapsed = time.perf_counter(), []
     for i in range(calls):
-        model.unet(x, ts[i % len(ts)], encoder_hidden_states=e, return_dict=False)
-        sync(device)
+        model.unet(x, ts[i % len(ts)], return_dict=False, **kwargs)
         elapsed.append(time.perf_counter() - start)
     return elapsed
 
@@ -272,7 +314,7 @@ def child(spec: dict) -> dict:
     load_seconds, loaded = time.perf_counter() - start, memory_now(model.device)
     B, size = spec["batch"], spec["size"]
     with torch.no_grad():
-        cond, uncond = model.encode_text([PROMPT, ""]).chunk(2)  # (1, 77, 768) each
+        cond, uncond = model.encode_text([PROMPT]), model.encode_negative("")  # (1, 77, 768) each; SDXL (1, 78, 2048)
         pixels = torch.rand(B, 3, size, size, generator=torch.Generator().manual_seed(spec["seed"])) * 2 - 1
         z0 = torch.cat([model.encode_image(pixels[i:i + 1]) for i in range(B)])  # one at a time: a small VAE peak
         load_peak = peak_bytes(model.device)  # loading + encoding, before any run
@@ -363,7 +405,7 @@ def header_for(args, results: list[dict], device: str, command: str, total: floa
         "cpu": cpu_name(), "gpu": gpu, "torch_threads": sorted({r["torch_threads"] for r in done}),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "versions": {**first.get("versions", {"torch": torch.__version__}), "python": platform.python_version()},
-        "model": str(args.model_dir), "fingerprint": first.get("fingerprint"), "parameters": first.get("parameters"),
+        "family": args.family, "model": str(args.model_dir), "fingerprint": first.get("fingerprint"), "parameters": first.get("parameters"),
         "steps": args.steps, "repeats": args.repeats, "warmup_calls": args.warmup, "prompt": PROMPT,
         "peak_resettable": all(r["peak_resettable"] for r in done) if done else None, "seconds_total": total,
     }
@@ -391,7 +433,8 @@ def write_outputs(args, header: dict, rows: list[dict], table: str, legend: str)
     if args.markdown:
         h = header
         machine = f"GPU {h['gpu']}" if h["gpu"] else f"CPU {h['cpu']}, torch threads {h['torch_threads']}"
-        md = ["# Speed and memory at Stable Diffusion's real size (SD 1.5-shaped, random weights)", "",
+        md = [f"# Speed and memory at Stable Diffusion's real size ({FAMILIES[args.family]}-shaped, random weights)",
+              "",
               f"Command: `{h['command']}`  ",
               f"Date: {h['date']}; device {h['device']}; {machine}; {h['seconds_total'] / 60:.1f} min in all.  ",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + ".  ",
@@ -418,8 +461,11 @@ def parse_args():
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads (and OMP_NUM_THREADS) of each run")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_FOLDER,
-                   help="where the random SD 1.5-shaped model is cached (built when missing)")
+    p.add_argument("--family", default="sd15", choices=list(FAMILIES),
+                   help="the model's shape: sd15 (SD 1.5, default) or sdxl (SDXL base 1.0)")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="where the random model is cached (built when missing; default "
+                        + ", ".join(f"{f}: {d}" for f, d in DEFAULT_FOLDERS.items()) + ")")
     p.add_argument("--quick", action="store_true", help="smoke test: 128², batch 1, fp32, 2 steps, 1 repeat")
     p.add_argument("--json", default=None, help="write the header and every row here")
     p.add_argument("--markdown", default=None, help="write the table as Markdown here")
@@ -449,13 +495,14 @@ def main() -> None:
     if not on_cuda and "fp16" in args.dtypes:
         raise SystemExit("fp16 runs on CUDA only (invedit refuses fp16 on the CPU); use fp32 or bf16")
     if any(s < 64 or s % 64 for s in args.sizes):
-        raise SystemExit(f"--sizes {args.sizes}: SD 1.5 needs multiples of 64 pixels (VAE 8 × UNet 2³)")
+        raise SystemExit(f"--sizes {args.sizes}: give multiples of 64 pixels (SD 1.5: VAE 8 × UNet 2³)")
+    args.model_dir = args.model_dir or DEFAULT_FOLDERS[args.family]
     if min(args.batches) < 1 or args.repeats < 1 or args.steps < 1 or args.threads < 1:
         raise SystemExit("--batches, --repeats, --steps and --threads must be at least 1")
     command = "OMP_NUM_THREADS={} python {}".format(os.environ.get("OMP_NUM_THREADS", "unset"),
                                                    shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     start = time.perf_counter()
-    build_random_sd15(args.model_dir.expanduser())
+    build_random(args.family, args.model_dir.expanduser())
     per_run = {m: sum(METHODS[m].calls(args.steps, MethodOptions())) for m in args.methods}  # at most
     calls = args.repeats * (sum(per_run.values()) + 2 * args.steps + max(per_run.values()))
     specs = [dict(model=str(args.model_dir.expanduser()), device=device, dtype=dtype, size=size, batch=batch,
@@ -485,7 +532,7 @@ def main() -> None:
     gpu = f", GPU {header['gpu']}" if header["gpu"] else ""
     print(f"{command}\n{header['date']}; device {device}; CPU {header['cpu']}{gpu}; torch threads "
           f"{header['torch_threads']}; " + ", ".join(f"{k} {v}" for k, v in header["versions"].items())
-          + f"\nmodel {header['model']} (random SD 1.5-shaped, fingerprint {header['fingerprint']}); "
+          + f"\nmodel {header['model']} (random {FAMILIES[args.family]}-shaped, fingerprint {header['fingerprint']}); "
           f"{args.steps} steps; median of {args.repeats} repeats; {header['seconds_total']:.0f} s in all\n{legend}\n")
     print(table)
     write_outputs(args, header, rows, table, legend)
