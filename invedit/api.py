@@ -255,8 +255,8 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
             z_hat = replay(inversion.method, c, inversion.x_T.to(model.device), extras, inversion.schedule,
                            replay_options(inversion), callback=lambda d, n: progress("reconstruct", d, n))
         with _timed(seconds, "decode", model.device):
-            recon, vae = model.decode(z_hat), model.decode(inversion.z0.to(model.device))
-    report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0), seconds)
+            recon, vae = model.decode(torch.cat([z_hat, inversion.z0.to(z_hat)])).chunk(2)  # one batch
+    report = _report(model, inversion, prepared, recon, vae, latent_error(z_hat.cpu(), inversion.z0.cpu()), seconds)
     image = prepared.restore(recon)
     paths = _write_outputs(out, stem or Path(prepared.source).stem, image, prepared, recon, vae, report,
                            inversion if save else None)
@@ -277,7 +277,7 @@ def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err
                       "max_residual": stats.get("max_residual", float("nan")),
                       "settings": stats.get("settings", {}), "timesteps": list(inversion.schedule.timesteps)},
         "seconds": {**{f"invert.{k}": v for k, v in stats.get("seconds", {}).items()}, **seconds},
-        "image": prepared.describe(),
+        "image": {**prepared.describe(), "vae_tiled": model.vae_tiled(*prepared.pixels.shape[-2:])},
         "model": model.describe(),
     }
 
@@ -327,7 +327,7 @@ def generate(model, prompt: str, *, n: int = 1, seed: int = 0, steps: int = 50, 
 
     if size * size > MAX_WORK_PIXELS:
         raise InveditError(f"size {size} is above the working budget of {MAX_WORK_PIXELS / 1e6:.3g} MP "
-                           f"(VAE memory grows with it): use --size {int(MAX_WORK_PIXELS ** 0.5)} or less")
+                           f"(memory grows with it): use --size {int(MAX_WORK_PIXELS ** 0.5)} or less")
     g = torch.Generator().manual_seed(seed)
     f = model.vae_scale_factor
     x_T = torch.randn(n, model.unet.config.in_channels, size // f, size // f, generator=g)

@@ -22,7 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (a decompression bomb guard)
-MAX_WORK_PIXELS = 2048 * 2048  # refuse a larger working size (what the VAE sees): its memory grows with it
+MAX_WORK_PIXELS = 4096 * 3072  # refuse a larger working size (12.6 MP, a phone photo's): memory grows with it
+# (the VAE works in tiles above 4.2 MP, model.adapter.TILE_ABOVE; the UNet's memory still grows with the size)
 FITS = ("pad", "crop")
 
 
@@ -126,8 +127,8 @@ def prepare(image: Image.Image, multiple: int, max_side: Optional[int] = None, f
             source: str = "<image>", notes: tuple[str, ...] = (), max_work_pixels: int = MAX_WORK_PIXELS) -> Prepared:
     """Size an RGB image for a model: optional max-side downscale, then pad (or crop) to `multiple`.
 
-    A working size above `max_work_pixels` is refused before any allocation: the VAE's activations (and
-    its attention, quadratic in the latent's size) would not fit in memory."""
+    A working size above `max_work_pixels` is refused before any allocation: the UNet's activations grow with
+    it (and its attention, quadratic in the latent's size, in time), whatever the VAE's tiles save."""
     if fit not in FITS:
         raise ValueError(f"fit {fit!r} is not one of {FITS}")
     w0, h0 = image.size
@@ -136,7 +137,7 @@ def prepare(image: Image.Image, multiple: int, max_side: Optional[int] = None, f
     if w0 * h0 > max_work_pixels:
         side = int((max_work_pixels * max(w0, h0) / min(w0, h0)) ** 0.5)
         raise ImageError(f"{source}: a working size of {w0}×{h0} = {w0 * h0 / 1e6:.3g} MP is above the working "
-                         f"budget of {max_work_pixels / 1e6:.3g} MP (VAE memory grows with it): pass --max-side "
+                         f"budget of {max_work_pixels / 1e6:.3g} MP (memory grows with it): pass --max-side "
                          f"{side // multiple * multiple} or less")
     notes = list(notes)
     original = image.size

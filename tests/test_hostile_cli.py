@@ -128,7 +128,7 @@ def test_working_sizes_above_the_budget_are_refused_before_work(invoke, tiny_mod
                     tmp_path / "o")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert result.exit_code == 1 and "above the working budget" in result.output and "--max-side 2048" in result.output
+    assert result.exit_code == 1 and "above the working budget" in result.output and "--max-side 3544" in result.output  # √(4096·3072) = 3547, to ×4
     assert peak < 2e9 and not (tmp_path / "o").exists()
     result = invoke("sample", "-p", "a cat", "--size", 40000, "-m", tiny_model_dir, "--device", "cpu", "--out",
                     tmp_path / "s")

@@ -250,3 +250,38 @@ def test_planned_calls_bound_the_inversion_and_equal_the_replay(tiny_model, name
     assert result.network_calls == inverted
     if name in ("ddim", "fixed-point", "edict", "bdia"):  # no early stop: the bound is met
         assert inverted == planned[0]
+
+
+def test_a_large_image_goes_through_the_vae_in_tiles_and_the_report_says_so(tiny_model, photo, monkeypatch,
+                                                                             tmp_path):
+    """Above TILE_ABOVE pixels encode and decode run diffusers' tiled VAE, with tiles of TILE_SIZE pixels (both
+    lowered here so that a 256×192 image is cut into 64-pixel tiles); the VAE is left untiled afterwards, even
+    when the decode fails, and the report says which was used."""
+    import invedit.model.adapter as adapter
+    from PIL import Image
+
+    image = tmp_path / "wide.png"
+    Image.open(photo).convert("RGB").resize((256, 192), Image.Resampling.BICUBIC).save(image)
+    pixels = load_image(image, tiny_model.multiple, max_side=0).pixels
+    whole_z = tiny_model.encode_image(pixels)
+    whole_x = tiny_model.decode(whole_z)
+    calls = []
+    for name in ("_tiled_encode", "tiled_decode"):
+        original = getattr(tiny_model.vae, name)
+        monkeypatch.setattr(tiny_model.vae, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    monkeypatch.setattr(adapter, "TILE_ABOVE", 256 * 192 - 1)
+    monkeypatch.setattr(adapter, "TILE_SIZE", 64)
+    assert tiny_model.vae_tiled(192, 256) and not tiny_model.vae_tiled(192, 255)
+    tiled_z = tiny_model.encode_image(pixels)
+    tiled_x = tiny_model.decode(tiled_z)
+    assert calls == ["_tiled_encode", "tiled_decode"]
+    assert not tiny_model.vae.use_tiling and tiny_model.vae.tile_sample_min_size == tiny_model.vae.config.sample_size
+    assert tiled_z.shape == whole_z.shape and tiled_x.shape == whole_x.shape == (1, 3, 192, 256)
+    assert not torch.equal(tiled_z, whole_z) and not torch.equal(tiled_x, whole_x)  # each tile saw its own pixels
+    with pytest.raises(RuntimeError):
+        tiny_model.decode(torch.zeros(1, 3, 96, 128))  # 3 latent channels: the VAE refuses it inside the tiles
+    assert not tiny_model.vae.use_tiling
+    settings = api.InversionSettings(steps=2, method="ddim")
+    assert api.roundtrip(tiny_model, image, "a cat", settings, max_side=0).report["image"]["vae_tiled"] is True
+    monkeypatch.setattr(adapter, "TILE_ABOVE", 256 * 192)
+    assert api.roundtrip(tiny_model, image, "a cat", settings, max_side=0).report["image"]["vae_tiled"] is False

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,6 +30,8 @@ from ..schedule import NoiseConfig, alphas_cumprod
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SINGLE_FILE_SUFFIXES = (".safetensors",)
+TILE_ABOVE = 2048 * 2048  # pixels: a larger image goes through the VAE in tiles (Model.vae_tiled)
+TILE_SIZE = 512  # pixels: the side of a VAE tile (at least the model's native size)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")  # refused: unpickling a file can run its code
 CONVERT_HINT = ("convert it once, in a trusted environment, with: python -c \"import torch, safetensors.torch as s; "
                 "sd = torch.load('model.ckpt', weights_only=True); sd = sd.get('state_dict', sd); "
@@ -282,16 +285,40 @@ class Model:
             cursor += n
         return [p for p in positions if p < self.tokenizer.model_max_length - 1]
 
+    # --- the VAE, whole or in tiles ---------------------------------------------------------------
+    def vae_tiled(self, height: int, width: int) -> bool:
+        """Whether an image of height × width pixels goes through the VAE in tiles: above TILE_ABOVE pixels, where
+        the whole image's activations (and the VAE's mid-block attention, quadratic in the latent's size) would
+        outgrow memory. Tiles of max(TILE_SIZE, native size) pixels overlap by a quarter and are blended (diffusers'
+        tiled encode/decode), so a tiled image differs slightly from a whole one; reports say which was used."""
+        return height * width > TILE_ABOVE
+
+    @contextmanager
+    def _vae_tiles(self, height: int, width: int):
+        tiled = self.vae_tiled(height, width)
+        if not tiled:
+            yield
+            return
+        vae, tile = self.vae, max(TILE_SIZE, self.native_size)
+        saved = vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // self.vae_scale_factor
+        try:
+            yield
+        finally:
+            vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
+
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [-1, 1] → z_0 (B, 4, H/f, W/f): VAE posterior mean × scaling factor."""
-        posterior = self.vae.encode(pixels.to(self.device, self.vae_dtype)).latent_dist
+        with self._vae_tiles(*pixels.shape[-2:]):
+            posterior = self.vae.encode(pixels.to(self.device, self.vae_dtype)).latent_dist
         return posterior.mean.float() * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, 4, h, w) → pixels (B, 3, H, W) in [-1, 1], float32 on the CPU."""
-        pixels = self.vae.decode(z.to(self.device, self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
+        with self._vae_tiles(z.shape[-2] * self.vae_scale_factor, z.shape[-1] * self.vae_scale_factor):
+            pixels = self.vae.decode(z.to(self.device, self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
         return pixels.float().clamp(-1, 1).cpu()
 
     @property
