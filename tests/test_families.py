@@ -41,8 +41,8 @@ def test_sdxl_is_detected_and_conditions_on_both_encoders_and_the_pooled_embeddi
     assert info["family"].startswith("sdxl") and info["text_encoders"] == ["CLIPTextModel",
                                                                          "CLIPTextModelWithProjection"]
     emb = model.encode_text(["a red circle", "a cat"])
-    assert emb.shape == (2, 78, 64)  # 77 tokens × (32 + 32), then the pooled row
-    assert torch.count_nonzero(emb[:, -1, 32:]) == 0 and torch.count_nonzero(emb[:, -1, :32]) > 0
+    assert emb.shape == (2, 78, 80)  # 77 tokens × (32 + 48), then the pooled row
+    assert torch.count_nonzero(emb[:, -1, 48:]) == 0 and torch.count_nonzero(emb[:, -1, :48]) > 0
     assert torch.equal(model.encode_negative(""), torch.zeros_like(emb[:1]))  # force_zeros_for_empty_prompt
     assert not torch.equal(model.encode_negative("a dog"), torch.zeros_like(emb[:1]))
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -128,7 +128,7 @@ def save_tiny_pipeline(folder: str | Path, words: Iterable[str] = (), prediction
                          scheduler_config={**SD_SCHEDULER, "prediction_type": prediction_type})
 
 
-def tiny_xl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, time_embed_dim: int = 8,
+def tiny_xl_unet(cross_attention_dim: int = 80, pooled_dim: int = 48, time_embed_dim: int = 8,
                  channels: Sequence[int] = (32, 64), sample_size: int = 16, prediction_type: str = "epsilon",
                  seed: int = 0):
     """An SDXL-shaped UNet: added conditioning "text_time" (pooled text embedding + 6 time ids)."""
@@ -146,8 +146,11 @@ def tiny_xl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, time_embed
 
 def save_tiny_xl_pipeline(folder: str | Path, words: Iterable[str] = (), prediction_type: str = "epsilon",
                           seed: int = 0) -> Path:
-    """A tiny random SDXL-shaped pipeline for tests: two CLIP text encoders (the second with a projection, whose
-    pooled output conditions the UNet with the time ids), VAE factor 2, `force_zeros_for_empty_prompt`."""
+    """A tiny random SDXL-shaped pipeline for tests: two CLIP text encoders of different widths, 32 and 48 (SDXL's
+    are 768 and 1280; the second has a projection, whose pooled output conditions the UNet with the time ids), VAE
+    factor 2, `force_zeros_for_empty_prompt`. The widths must differ, as in SDXL: diffusers' single-file loader
+    tells the two encoders apart by width; with equal widths it read the first one's weights for the second too,
+    and failed on the second's projection, left unloaded."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -156,15 +159,15 @@ def save_tiny_xl_pipeline(folder: str | Path, words: Iterable[str] = (), predict
     tokenizer = write_tokenizer(folder / "tokenizer", [*base, *words])
     tokenizer_2 = write_tokenizer(folder / "tokenizer_2", [*base, *words])
     text_encoder = text_encoder_for(tokenizer, seed=seed)
-    config = CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=32,
+    config = CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=48, intermediate_size=192, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=48,
                             bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
                             pad_token_id=tokenizer_2.pad_token_id)
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(config).eval()
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(seed=seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=tiny_xl_unet(64, 32, seed=seed),
+        tokenizer_2=tokenizer_2, unet=tiny_xl_unet(32 + 48, 48, seed=seed),
         scheduler=DDIMScheduler(**{**SD_SCHEDULER, "prediction_type": prediction_type}),
         force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(folder, safe_serialization=True)
