@@ -88,3 +88,31 @@ def test_every_weight_of_every_component_comes_from_the_file(family, request, tm
         assert ours.keys() == theirs.keys()
         wrong = [k for k in ours if not torch.allclose(ours[k], theirs[k] + 1, atol=1e-5)]
         assert not wrong, f"{part}: {len(wrong)} of {len(ours)} weights not from the file, e.g. {wrong[:3]}"
+
+
+def test_a_file_of_another_family_than_its_config_folder_or_without_its_parts_is_refused(tiny_model_dir, xl_dir,
+                                                                                         tmp_path):
+    write(xl_dir, "sdxl", tmp_path / "xl.safetensors")
+    r = invoke("info", "--model", tmp_path / "xl.safetensors", "--model-config", tiny_model_dir)
+    assert r.exit_code == 1 and "laid out as SDXL" in r.output and "is Stable Diffusion 1.x/2.x" in r.output
+    write(tiny_model_dir, "sd1", tmp_path / "v1.safetensors")
+    r = invoke("info", "--model", tmp_path / "v1.safetensors", "--model-config", xl_dir)
+    assert r.exit_code == 1 and "laid out as Stable Diffusion 1.x/2.x" in r.output and "is SDXL" in r.output
+    renamed = {k.replace("cond_stage_model.transformer.", "cond_stage_model.clip."): v
+               for k, v in original_checkpoint(tiny_model_dir, "sd1").items()}  # a text encoder diffusers can't find
+    save_file(renamed, str(tmp_path / "renamed.safetensors"))
+    r = invoke("info", "--model", tmp_path / "renamed.safetensors", "--model-config", tiny_model_dir)
+    assert r.exit_code == 1 and "Failed to load CLIPTextModel" in r.output and "unexpected" not in r.output
+    save_file({"unet.conv_in.weight": torch.zeros(1)}, str(tmp_path / "diffusers-names.safetensors"))
+    r = invoke("info", "--model", tmp_path / "diffusers-names.safetensors", "--model-config", tiny_model_dir)
+    assert r.exit_code == 1 and "no UNet under 'model.diffusion_model.'" in r.output
+
+
+def test_without_a_config_folder_the_file_names_its_pipeline(tiny_model_dir, xl_dir, tmp_path):
+    """Where a hub is reachable, diffusers then fetches the config of the file's own family."""
+    from invedit.model.adapter import _single_file_class
+
+    write(xl_dir, "sdxl", tmp_path / "xl.safetensors")
+    write(tiny_model_dir, "sd1", tmp_path / "v1.safetensors")
+    assert _single_file_class(str(tmp_path / "xl.safetensors"), None).__name__ == "StableDiffusionXLPipeline"
+    assert _single_file_class(str(tmp_path / "v1.safetensors"), None).__name__ == "StableDiffusionPipeline"
