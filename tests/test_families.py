@@ -6,6 +6,7 @@ on the same model, as the issue asks: the cheapest exact method at least 10× mo
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -85,3 +86,58 @@ def test_an_unsupported_family_is_refused_with_its_name(tiny_model_dir, tmp_path
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyV22Pipeline"}))
     with pytest.raises(api.InveditError, match="model family .KandinskyV22Pipeline. is not supported"):
         api.load(str(folder), device="cpu")
+
+
+def test_sd2_v_prediction_edits_and_interpolates_from_the_cli(v_dir, photo, tmp_path):
+    """SD 2.x's scheduler (v-prediction, trailing spacing) through the CLI: a null edit (target = source) gives
+    the reconstruction, a real one changes it; interpolation's end frames are the images' reconstructions."""
+    from invedit.store import load_inversion
+
+    source = "a red circle on a blue background"
+    r = invoke("edit", photo, "--model", v_dir, "-s", source, "-t", source, "-t", "a blue circle on a blue background",
+               "--steps", 6, "--out", tmp_path / "edit", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["model"]["prediction_type"] == "v_prediction" and report["model"]["noise"]["timestep_spacing"] == \
+        "trailing"
+    same, other = report["edits"]
+    assert float(same["kept"]["vs_reconstruction"]["psnr"]) > 40, same  # "inf" when bit-identical
+    assert other["changed"]["mean_abs_change_vs_reconstruction"] > 0.01 and Path(other["image"]).is_file()
+    r = invoke("interpolate", photo, photo, "--model", v_dir, "-p", "a red circle", "-p", "a cat", "--frames", 3,
+               "--steps", 4, "--out", tmp_path / "morph", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "morph" / "frames").glob("*.png"))) == 3
+    assert all(float(e["frame_psnr_vs_reconstruction"]) > 40 for e in json.loads(r.stdout)["endpoints"])
+    inversion = load_inversion(next((tmp_path / "morph").glob("*.inversion.safetensors")))
+    assert list(inversion.schedule.timesteps) == [999, 749, 499, 249]  # trailing: starts at t = T − 1
+
+
+def _file_parameters(folder: Path, part: str) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in (folder / part).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    return total
+
+
+@pytest.mark.parametrize("fixture, family, prediction, encoders", [
+    ("tiny_model_dir", "sd-like (text width 32)", "epsilon", ["CLIPTextModel"]),
+    ("v_dir", "sd-like (text width 32)", "v_prediction", ["CLIPTextModel"]),
+    ("xl_dir", "sdxl-like (text width 80)", "epsilon", ["CLIPTextModel", "CLIPTextModelWithProjection"])])
+def test_info_names_family_prediction_native_size_encoders_and_parameter_counts(fixture, family, prediction, encoders,
+                                                                              request):
+    folder = request.getfixturevalue(fixture)
+    r = invoke("info", "--model", folder, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert (info["family"], info["prediction_type"], info["text_encoders"]) == (family, prediction, encoders)
+    assert info["native_size"] == 32  # the UNet's sample size 16 × the VAE's factor 2
+    assert info["unet_parameters"] == _file_parameters(folder, "unet") > 0  # counted from the saved weights
+    assert info["vae_parameters"] == _file_parameters(folder, "vae") > 0
+    text = sum(_file_parameters(folder, part) for part in ("text_encoder", "text_encoder_2"))
+    assert info["text_encoder_parameters"] == text > 0
+    r = invoke("info", "--model", folder, "--device", "cpu")  # the table for people names the same
+    assert r.exit_code == 0 and all(f"{key}: {info[key]}" in r.output for key in (
+        "family", "prediction_type", "native_size", "text_encoders", "unet_parameters", "text_encoder_parameters"))
