@@ -34,6 +34,27 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def xl_dir(tmp_path_factory):
+    """A tiny random SDXL-shaped pipeline folder."""
+    from invedit.model.build import save_tiny_xl_pipeline
+
+    return save_tiny_xl_pipeline(tmp_path_factory.mktemp("xl") / "model")
+
+
+@pytest.fixture(scope="session")
+def v_dir(tmp_path_factory):
+    """A tiny SD 2.x-style pipeline folder: SD 2.x's scheduler, v-prediction with trailing timestep spacing."""
+    import json
+
+    from invedit.model.build import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("v") / "model", prediction_type="v_prediction")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "timestep_spacing": "trailing"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     from invedit import api
 

@@ -9,26 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from click.testing import CliRunner
 
 from invedit import api
 from invedit.cli import main
-from invedit.model.build import save_tiny_pipeline, save_tiny_xl_pipeline
-
-
-@pytest.fixture(scope="module")
-def xl_dir(tmp_path_factory):
-    return save_tiny_xl_pipeline(tmp_path_factory.mktemp("xl") / "model")
-
-
-@pytest.fixture(scope="module")
-def v_dir(tmp_path_factory):
-    """SD 2.x's scheduler: v-prediction, trailing timestep spacing."""
-    folder = save_tiny_pipeline(tmp_path_factory.mktemp("v") / "model", prediction_type="v_prediction")
-    config = folder / "scheduler" / "scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "timestep_spacing": "trailing"}))
-    return folder
+from invedit.model.build import save_tiny_pipeline
 
 
 def invoke(*args):
@@ -41,8 +26,8 @@ def test_sdxl_is_detected_and_conditions_on_both_encoders_and_the_pooled_embeddi
     assert info["family"].startswith("sdxl") and info["text_encoders"] == ["CLIPTextModel",
                                                                          "CLIPTextModelWithProjection"]
     emb = model.encode_text(["a red circle", "a cat"])
-    assert emb.shape == (2, 78, 64)  # 77 tokens × (32 + 32), then the pooled row
-    assert torch.count_nonzero(emb[:, -1, 32:]) == 0 and torch.count_nonzero(emb[:, -1, :32]) > 0
+    assert emb.shape == (2, 78, 80)  # 77 tokens × (32 + 48), then the pooled row
+    assert torch.count_nonzero(emb[:, -1, 48:]) == 0 and torch.count_nonzero(emb[:, -1, :48]) > 0
     assert torch.equal(model.encode_negative(""), torch.zeros_like(emb[:1]))  # force_zeros_for_empty_prompt
     assert not torch.equal(model.encode_negative("a dog"), torch.zeros_like(emb[:1]))
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -103,31 +88,56 @@ def test_an_unsupported_family_is_refused_with_its_name(tiny_model_dir, tmp_path
         api.load(str(folder), device="cpu")
 
 
-def test_a_single_file_checkpoint_in_the_original_layout_round_trips_as_its_folder(tiny_model_dir, photo, tmp_path):
-    """SD 1.x: the tiny model written in the original (CompVis/LDM) key layout, loaded with --model file.safetensors
-    --model-config <diffusers folder>, has the folder's weights (same fingerprint) and gives its round trip."""
-    from safetensors.torch import save_file
+def test_sd2_v_prediction_edits_and_interpolates_from_the_cli(v_dir, photo, tmp_path):
+    """SD 2.x's scheduler (v-prediction, trailing spacing) through the CLI: a null edit (target = source) gives
+    the reconstruction, a real one changes it; interpolation's end frames are the images' reconstructions."""
+    from invedit.store import load_inversion
 
-    from invedit.model.build import original_checkpoint
+    source = "a red circle on a blue background"
+    r = invoke("edit", photo, "--model", v_dir, "-s", source, "-t", source, "-t", "a blue circle on a blue background",
+               "--steps", 6, "--out", tmp_path / "edit", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["model"]["prediction_type"] == "v_prediction" and report["model"]["noise"]["timestep_spacing"] == \
+        "trailing"
+    same, other = report["edits"]
+    assert float(same["kept"]["vs_reconstruction"]["psnr"]) > 40, same  # "inf" when bit-identical
+    assert other["changed"]["mean_abs_change_vs_reconstruction"] > 0.01 and Path(other["image"]).is_file()
+    r = invoke("interpolate", photo, photo, "--model", v_dir, "-p", "a red circle", "-p", "a cat", "--frames", 3,
+               "--steps", 4, "--out", tmp_path / "morph", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "morph" / "frames").glob("*.png"))) == 3
+    assert all(float(e["frame_psnr_vs_reconstruction"]) > 40 for e in json.loads(r.stdout)["endpoints"])
+    inversion = load_inversion(next((tmp_path / "morph").glob("*.inversion.safetensors")))
+    assert list(inversion.schedule.timesteps) == [999, 749, 499, 249]  # trailing: starts at t = T − 1
 
-    checkpoint = original_checkpoint(tiny_model_dir)
-    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in checkpoint)  # not diffusers' names
-    assert not any(k.startswith(("unet.", "down_blocks.")) for k in checkpoint)
-    path = tmp_path / "tiny-v1.safetensors"
-    save_file(checkpoint, str(path))
-    runs = {}
-    for name, args in (("folder", ["--model", tiny_model_dir]),
-                       ("file", ["--model", path, "--model-config", tiny_model_dir])):
-        r = invoke("roundtrip", photo, *args, "--steps", 5, "--prompt", "a cat", "--out", tmp_path / name, "--json")
-        assert r.exit_code == 0, r.output
-        runs[name] = json.loads(r.stdout)
-    assert runs["file"]["model"]["model_kind"] == "single-file"
-    assert runs["file"]["model"]["fingerprint"] == runs["folder"]["model"]["fingerprint"]
-    # identical weights (the fingerprint hashes every one); the results agree to float rounding, not bit for bit:
-    # the same linear layer gave 1e-7 apart on weights loaded from two files (memory alignment picks the kernel)
-    a, b = runs["file"]["metrics"], runs["folder"]["metrics"]
-    assert abs(a["reconstruction_vs_input"]["psnr"] - b["reconstruction_vs_input"]["psnr"]) < 0.01
-    assert a["reconstruction_vs_vae"]["psnr"] > 60 and b["reconstruction_vs_vae"]["psnr"] > 60
-    recon = lambda name: np.asarray(Image.open(next((tmp_path / name).glob("*.recon.png"))), dtype=int)  # noqa: E731
-    mse = float(((recon("file") - recon("folder")) ** 2).mean())
-    assert mse == 0 or 10 * np.log10(255 ** 2 / mse) > 45  # measured: a level or two on a few pixels
+
+def _file_parameters(folder: Path, part: str) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in (folder / part).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    return total
+
+
+@pytest.mark.parametrize("fixture, family, prediction, encoders", [
+    ("tiny_model_dir", "sd-like (text width 32)", "epsilon", ["CLIPTextModel"]),
+    ("v_dir", "sd-like (text width 32)", "v_prediction", ["CLIPTextModel"]),
+    ("xl_dir", "sdxl-like (text width 80)", "epsilon", ["CLIPTextModel", "CLIPTextModelWithProjection"])])
+def test_info_names_family_prediction_native_size_encoders_and_parameter_counts(fixture, family, prediction, encoders,
+                                                                              request):
+    folder = request.getfixturevalue(fixture)
+    r = invoke("info", "--model", folder, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert (info["family"], info["prediction_type"], info["text_encoders"]) == (family, prediction, encoders)
+    assert info["native_size"] == 32  # the UNet's sample size 16 × the VAE's factor 2
+    assert info["unet_parameters"] == _file_parameters(folder, "unet") > 0  # counted from the saved weights
+    assert info["vae_parameters"] == _file_parameters(folder, "vae") > 0
+    text = sum(_file_parameters(folder, part) for part in ("text_encoder", "text_encoder_2"))
+    assert info["text_encoder_parameters"] == text > 0
+    r = invoke("info", "--model", folder, "--device", "cpu")  # the table for people names the same
+    assert r.exit_code == 0 and all(f"{key}: {info[key]}" in r.output for key in (
+        "family", "prediction_type", "native_size", "text_encoders", "unet_parameters", "text_encoder_parameters"))

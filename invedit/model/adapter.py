@@ -151,16 +151,57 @@ def _pipeline_class(folder: Optional[str]):
     return getattr(diffusers, name)
 
 
+def _single_file_family(path: str) -> Optional[str]:
+    """The pipeline class an original-layout checkpoint is for, from its key names alone (no tensor is read):
+    SDXL keeps its text encoders under "conditioner.embedders.", SD 1.x/2.x under "cond_stage_model."; None for
+    a UNet-only file, whose text encoders then come from the config folder."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise ModelLoadError(f"model file {path!r} is not a readable safetensors file ({exc})") from None
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "StableDiffusionXLPipeline"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "StableDiffusionPipeline"
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelLoadError(f"model file {path!r} has no UNet under 'model.diffusion_model.': it is not a Stable "
+                             "Diffusion or SDXL checkpoint in the original single-file layout")
+    return None
+
+
+def _single_file_class(path: str, config: Optional[str]):
+    """A single file's pipeline class: the config folder's, which must be the file's own family; without a
+    config folder, the file's (so that diffusers fetches the right config where a hub is reachable)."""
+    import diffusers
+
+    found = _single_file_family(path)
+    if config is None or not (Path(config) / "model_index.json").is_file():
+        return getattr(diffusers, found or "StableDiffusionPipeline")
+    cls = _pipeline_class(config)
+    if found is not None and cls.__name__ != found:
+        raise ModelLoadError(f"model file {path!r} is laid out as {FAMILIES[found]} ({found}), but its config "
+                             f"folder {config!r} is {FAMILIES[cls.__name__]} ({cls.__name__}): give --model-config "
+                             "a folder of the file's own family")
+    return cls
+
+
 def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtype = torch.float32):
     """Folders and hub ids load straight into `dtype` (the VAE into fp32), so a bf16/fp16 model never holds an
     fp32 copy of its UNet; single files load in fp32 and are cast by `Model`."""
     if source.kind == "folder":
         _check_folder(Path(source.location))
-    local = source.location if source.kind == "folder" else config if config and Path(config).is_dir() else None
-    cls = _pipeline_class(local)
+    if source.kind == "single-file":
+        cls = _single_file_class(source.location, config if config and Path(config).is_dir() else None)
+    else:
+        cls = _pipeline_class(source.location if source.kind == "folder" else None)
     common = dict(safety_checker=None, requires_safety_checker=False) if cls.__name__ == "StableDiffusionPipeline" \
         else {}
     in_dtype = dict(dtype={"vae": torch.float32, "default": dtype}) if dtype != torch.float32 else {}
+    from diffusers.loaders.single_file_utils import SingleFileComponentError  # a component the file lacks
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -168,13 +209,14 @@ def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtyp
                 extra = {"config": config} if config else {}
                 return cls.from_single_file(source.location, **extra, **common)
             return cls.from_pretrained(source.location, **common, **in_dtype)
-    except (OSError, ValueError, EnvironmentError) as exc:  # hub errors are OSError subclasses
+    except (OSError, ValueError, SingleFileComponentError) as exc:  # hub errors are OSError subclasses
         if source.kind == "hub":
             raise ModelLoadError(_hub_message(source, exc)) from exc
         hint = ""
         if source.kind == "single-file" and not config:
             hint = "; a single-file checkpoint needs its diffusers config: pass model_config / --model-config"
-        raise ModelLoadError(f"could not load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
+        text = str(exc).split("\nPlease load the component")[0]  # diffusers' advice on its Python API
+        raise ModelLoadError(f"could not load model {source.spec!r}: {type(exc).__name__}: {text}{hint}") from exc
 
 
 class Model:

@@ -128,7 +128,7 @@ def save_tiny_pipeline(folder: str | Path, words: Iterable[str] = (), prediction
                          scheduler_config={**SD_SCHEDULER, "prediction_type": prediction_type})
 
 
-def tiny_xl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, time_embed_dim: int = 8,
+def tiny_xl_unet(cross_attention_dim: int = 80, pooled_dim: int = 48, time_embed_dim: int = 8,
                  channels: Sequence[int] = (32, 64), sample_size: int = 16, prediction_type: str = "epsilon",
                  seed: int = 0):
     """An SDXL-shaped UNet: added conditioning "text_time" (pooled text embedding + 6 time ids)."""
@@ -146,8 +146,11 @@ def tiny_xl_unet(cross_attention_dim: int = 64, pooled_dim: int = 32, time_embed
 
 def save_tiny_xl_pipeline(folder: str | Path, words: Iterable[str] = (), prediction_type: str = "epsilon",
                           seed: int = 0) -> Path:
-    """A tiny random SDXL-shaped pipeline for tests: two CLIP text encoders (the second with a projection, whose
-    pooled output conditions the UNet with the time ids), VAE factor 2, `force_zeros_for_empty_prompt`."""
+    """A tiny random SDXL-shaped pipeline for tests: two CLIP text encoders of different widths, 32 and 48 (SDXL's
+    are 768 and 1280; the second has a projection, whose pooled output conditions the UNet with the time ids), VAE
+    factor 2, `force_zeros_for_empty_prompt`. The widths must differ, as in SDXL: diffusers' single-file loader
+    tells the two encoders apart by width; with equal widths it read the first one's weights for the second too,
+    and failed on the second's projection, left unloaded."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -156,85 +159,16 @@ def save_tiny_xl_pipeline(folder: str | Path, words: Iterable[str] = (), predict
     tokenizer = write_tokenizer(folder / "tokenizer", [*base, *words])
     tokenizer_2 = write_tokenizer(folder / "tokenizer_2", [*base, *words])
     text_encoder = text_encoder_for(tokenizer, seed=seed)
-    config = CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=32,
+    config = CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=48, intermediate_size=192, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=48,
                             bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
                             pad_token_id=tokenizer_2.pad_token_id)
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(config).eval()
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(seed=seed), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=tiny_xl_unet(64, 32, seed=seed),
+        tokenizer_2=tokenizer_2, unet=tiny_xl_unet(32 + 48, 48, seed=seed),
         scheduler=DDIMScheduler(**{**SD_SCHEDULER, "prediction_type": prediction_type}),
         force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-# --- the original (CompVis / LDM) checkpoint layout, for single-file tests -----------------------------------
-_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
-           ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-
-
-def _unet_to_ldm(unet) -> dict[str, torch.Tensor]:
-    """A diffusers UNet2DConditionModel's weights under the original LDM key names ("model.diffusion_model.…"),
-    for any number of blocks and layers (the layout diffusers' single-file loader reads back)."""
-    cfg, prefixes = unet.config, {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-                                   "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
-    L, n = cfg.layers_per_block, len(cfg.block_out_channels)
-    for i in range(n):
-        for j in range(L):
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * (L + 1) + j}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * (L + 1) + j}.1."
-        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * (L + 1)}.0.op."
-        attention = "CrossAttn" in cfg.up_block_types[i]
-        for j in range(L + 1):
-            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (L + 1) + j}.0."
-            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (L + 1) + j}.1."
-        prefixes[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (L + 1) + L}.{2 if attention else 1}."
-    prefixes.update({"mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-                     "mid_block.resnets.1.": "middle_block.2."})
-    out = {}
-    for key, value in unet.state_dict().items():
-        hf = next(p for p in sorted(prefixes, key=len, reverse=True) if key.startswith(p))
-        rest = key[len(hf):]
-        if "resnets" in hf:
-            for a, b in _RESNET:
-                rest = rest.replace(a, b) if rest.startswith(a) else rest
-        out["model.diffusion_model." + prefixes[hf] + rest] = value
-    return out
-
-
-def _vae_to_ldm(vae) -> dict[str, torch.Tensor]:
-    """An AutoencoderKL's weights under the original key names ("first_stage_model.…")."""
-    n = len(vae.config.block_out_channels)
-    names = [("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"), ("mid_block.attentions.0.", "mid.attn_1."),
-             ("mid_block.resnets.0.", "mid.block_1."), ("mid_block.resnets.1.", "mid.block_2.")]
-    for i in range(n):
-        names += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."),
-                  (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."),
-                  (f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."),
-                  (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample.")]
-    attention = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
-    out = {}
-    for key, value in vae.state_dict().items():
-        for a, b in names:
-            key = key.replace(a, b)
-        if "mid.attn_1." in key:
-            for a, b in attention:
-                key = key.replace(a, b)
-            if value.dim() == 2:  # linear in diffusers, 1×1 conv in the original
-                value = value[:, :, None, None]
-        out["first_stage_model." + key] = value
-    return out
-
-
-def original_checkpoint(folder: str | Path) -> dict[str, torch.Tensor]:
-    """An SD 1.x diffusers folder's UNet, VAE and text encoder in the original single-file layout (the one
-    `from_single_file` reads), contiguous and ready for safetensors."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
-    text = {"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
-            for k, v in pipe.text_encoder.state_dict().items()}  # transformers >= 5.6 flattened CLIPTextModel
-    return {k: v.contiguous() for k, v in {**_unet_to_ldm(pipe.unet), **_vae_to_ldm(pipe.vae), **text}.items()}
