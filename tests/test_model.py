@@ -254,7 +254,7 @@ def test_planned_calls_bound_the_inversion_and_equal_the_replay(tiny_model, name
 
 def test_a_large_image_goes_through_the_vae_in_tiles_and_the_report_says_so(tiny_model, photo, monkeypatch,
                                                                              tmp_path):
-    """Above TILE_ABOVE pixels encode and decode run diffusers' tiled VAE, with tiles of TILE_SIZE pixels (both
+    """Above TILE_ABOVE pixels encode and decode run diffusers' tiled VAE, with tiles of TILE_LATENT latents (both
     lowered here so that a 256×192 image is cut into 64-pixel tiles); the VAE is left untiled afterwards, even
     when the decode fails, and the report says which was used."""
     import invedit.model.adapter as adapter
@@ -270,7 +270,7 @@ def test_a_large_image_goes_through_the_vae_in_tiles_and_the_report_says_so(tiny
         original = getattr(tiny_model.vae, name)
         monkeypatch.setattr(tiny_model.vae, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     monkeypatch.setattr(adapter, "TILE_ABOVE", 256 * 192 - 1)
-    monkeypatch.setattr(adapter, "TILE_SIZE", 64)
+    monkeypatch.setattr(adapter, "TILE_LATENT", 32)  # 64 pixels at the tiny VAE's factor 2
     assert tiny_model.vae_tiled(192, 256) and not tiny_model.vae_tiled(192, 255)
     tiled_z = tiny_model.encode_image(pixels)
     tiled_x = tiny_model.decode(tiled_z)

@@ -31,7 +31,7 @@ from ..schedule import NoiseConfig, alphas_cumprod
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 TILE_ABOVE = 2048 * 2048  # pixels: a larger image goes through the VAE in tiles (Model.vae_tiled)
-TILE_SIZE = 512  # pixels: the side of a VAE tile (at least the model's native size)
+TILE_LATENT = 64  # latent pixels: the side of a VAE tile (SD's 512 pixels), at least the model's native size
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")  # refused: unpickling a file can run its code
 CONVERT_HINT = ("convert it once, in a trusted environment, with: python -c \"import torch, safetensors.torch as s; "
                 "sd = torch.load('model.ckpt', weights_only=True); sd = sd.get('state_dict', sd); "
@@ -331,7 +331,8 @@ class Model:
     def vae_tiled(self, height: int, width: int) -> bool:
         """Whether an image of height × width pixels goes through the VAE in tiles: above TILE_ABOVE pixels, where
         the whole image's activations (and the VAE's mid-block attention, quadratic in the latent's size) would
-        outgrow memory. Tiles of max(TILE_SIZE, native size) pixels overlap by a quarter and are blended (diffusers'
+        outgrow memory. Tiles of TILE_LATENT latent pixels (SD: 512 pixels; the mid-block attention's cost grows with
+        the square of a tile's area) or the native size, if larger, overlap by a quarter and are blended (diffusers'
         tiled encode/decode), so a tiled image differs slightly from a whole one; reports say which was used."""
         return height * width > TILE_ABOVE
 
@@ -341,7 +342,7 @@ class Model:
         if not tiled:
             yield
             return
-        vae, tile = self.vae, max(TILE_SIZE, self.native_size)
+        vae, tile = self.vae, max(TILE_LATENT * self.vae_scale_factor, self.native_size)
         saved = vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size
         vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // self.vae_scale_factor
         try:
