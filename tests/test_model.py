@@ -285,3 +285,31 @@ def test_a_large_image_goes_through_the_vae_in_tiles_and_the_report_says_so(tiny
     assert api.roundtrip(tiny_model, image, "a cat", settings, max_side=0).report["image"]["vae_tiled"] is True
     monkeypatch.setattr(adapter, "TILE_ABOVE", 256 * 192)
     assert api.roundtrip(tiny_model, image, "a cat", settings, max_side=0).report["image"]["vae_tiled"] is False
+
+
+def test_half_precision_reads_a_folders_fp16_weights_and_the_vae_from_fp32(tiny_model_dir, tmp_path):
+    """A folder with `*.fp16.safetensors` beside its fp32 weights (as hub repositories ship them): bf16 and fp16
+    loads read the fp16 files of the UNet and text encoder (told apart here by writing them 1 higher), the VAE
+    still its fp32 file; fp32 loads ignore them."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    for cls, sub in ((UNet2DConditionModel, "unet"), (CLIPTextModel, "text_encoder")):
+        part = cls.from_pretrained(folder / sub)
+        with torch.no_grad():
+            for p in part.parameters():
+                p.add_(1)
+        part.to(torch.float16).save_pretrained(folder / sub, variant="fp16")
+    fp32 = load_model(str(folder), device="cpu", dtype="fp32")
+    bf16 = load_model(str(folder), device="cpu", dtype="bf16")
+    for module in ("unet", "text_encoder"):
+        a, b = next(iter(getattr(fp32, module).parameters())), next(iter(getattr(bf16, module).parameters()))
+        assert b.dtype == torch.bfloat16 and torch.allclose(b.float(), a + 1, atol=1e-2), module  # bf16's rounding
+    for (name, a), (_, b) in zip(sorted(fp32.vae.state_dict().items()), sorted(bf16.vae.state_dict().items())):
+        assert torch.equal(a, b), name
+    assert torch.equal(next(iter(fp32.unet.parameters())),
+                       next(iter(load_model(str(tiny_model_dir), device="cpu").unet.parameters())))

@@ -188,9 +188,34 @@ def _single_file_class(path: str, config: Optional[str]):
     return cls
 
 
+def _half_weights(source: ModelSource, dtype: torch.dtype) -> dict:
+    """For fp16/bf16 from a folder that has them (hub repositories ship `*.fp16.safetensors` beside the fp32
+    weights), the fp16 weights of the UNet and text encoders: half the bytes to read and map, so loading peaks
+    lower; the VAE, which runs in fp32, still loads from its fp32 file when there is one."""
+    if dtype == torch.float32 or source.kind != "folder":
+        return {}
+    folder = Path(source.location)
+    if not any((folder / "unet").glob("*.fp16.safetensors")):
+        return {}
+    extra: dict = {"variant": "fp16"}
+    if (folder / "vae" / "diffusion_pytorch_model.safetensors").is_file():
+        from diffusers import AutoencoderKL
+
+        extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    for name in ("text_encoder", "text_encoder_2"):  # diffusers passes the variant to diffusers models only
+        spec = index.get(name)
+        if isinstance(spec, list) and spec[0] == "transformers" and (folder / name / "model.fp16.safetensors").is_file():
+            extra[name] = getattr(transformers, spec[1]).from_pretrained(folder / name, variant="fp16", dtype=dtype)
+    return extra
+
+
 def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtype = torch.float32):
     """Folders and hub ids load straight into `dtype` (the VAE into fp32), so a bf16/fp16 model never holds an
-    fp32 copy of its UNet; single files load in fp32 and are cast by `Model`."""
+    fp32 copy of its UNet, and from a folder's fp16 weights when it has them (`_half_weights`); single files load
+    in fp32 and are cast by `Model`."""
     if source.kind == "folder":
         _check_folder(Path(source.location))
     if source.kind == "single-file":
@@ -208,7 +233,7 @@ def _load_pipeline(source: ModelSource, config: Optional[str], dtype: torch.dtyp
             if source.kind == "single-file":
                 extra = {"config": config} if config else {}
                 return cls.from_single_file(source.location, **extra, **common)
-            return cls.from_pretrained(source.location, **common, **in_dtype)
+            return cls.from_pretrained(source.location, **common, **in_dtype, **_half_weights(source, dtype))
     except (OSError, ValueError, SingleFileComponentError) as exc:  # hub errors are OSError subclasses
         if source.kind == "hub":
             raise ModelLoadError(_hub_message(source, exc)) from exc
