@@ -45,6 +45,10 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
               help="Blend mask: grow by this many attention cells.")
 @click.option("--blend-start", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of steps before blending starts.")
+@click.option("--composite", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Pixel composite after decoding: where an edit changed a pixel by less than this fraction of its "
+                   "largest change, the output is the reconstruction (soft mask; no pixel moves more than half of "
+                   "it). 0: off, the edit as the diffusion made it.")
 @click.option("--reweight", multiple=True, metavar="WORD=SCALE",
               help="Scale the edit's attention to a word of the target (e.g. red=2); repeatable.")
 @click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
@@ -56,15 +60,17 @@ def _reweights(values) -> tuple[tuple[str, float], ...]:
 @friendly
 def edit(source_file, source, targets, model, model_config, device, dtype, steps, method, guidance, tol,
          max_iter, pivot, null_text_lr, null_text_steps, negative_prompt, edict_mix, bdia_gamma, cross_replace,
-         self_replace, blend, keep, blend_threshold, blend_dilate, blend_start, reweight, strength, mode, max_side, fit,
-         out, as_json):
+         self_replace, blend, keep, blend_threshold, blend_dilate, blend_start, composite, reweight, strength, mode,
+         max_side, fit, out, as_json):
     """Edit a photo from a source prompt to one or more target prompts (Prompt-to-Prompt).
 
     The image is inverted under --source with --method at --guidance; then the source branch (which
     replays the inversion) and one branch per --target regenerate in one batch, the targets taking the
-    source's attention maps. Writes OUT/<name>.edit.png (or .edit-<k>.png for several targets),
-    .edit-compare.png (input | reconstruction | edits | blend masks), .attention.png (the source's
-    attention per word), .edit.json, and the inversion, to reuse with other targets.
+    source's attention maps. Unless --composite 0, each decoded edit is then composited over the
+    reconstruction where it changed the pixels only a little. Writes OUT/<name>.edit.png (or
+    .edit-<k>.png for several targets), .edit-compare.png (input | reconstruction | edits | blend masks |
+    composite masks), .attention.png (the source's attention per word), .edit.json, and the inversion,
+    to reuse with other targets.
 
     \b
     Examples:
@@ -82,8 +88,8 @@ def edit(source_file, source, targets, model, model_config, device, dtype, steps
     try:
         edit_settings = api.EditSettings(cross_replace=cross_replace, self_replace=self_replace, blend=tuple(blend),
                                          keep=tuple(keep), blend_threshold=blend_threshold, blend_dilate=blend_dilate,
-                                         blend_start=blend_start, reweight=_reweights(reweight), strength=strength,
-                                         mode=mode)
+                                         blend_start=blend_start, composite=composite, reweight=_reweights(reweight),
+                                         strength=strength, mode=mode)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     settings = _settings(steps, method, guidance, tol, max_iter, pivot, null_text_lr, null_text_steps,
@@ -115,5 +121,9 @@ def _show_edit(result, as_json: bool) -> None:
         click.echo(f"edit {k + 1} {e['target']!r}: kept {kept['region']} ({kept['fraction']:.0%} of the image) "
                    f"{kept['vs_input']['psnr']:.2f} dB vs input (VAE ceiling {kept['vae_vs_input']['psnr']:.2f} dB), "
                    f"{kept['vs_reconstruction']['psnr']:.2f} dB vs reconstruction")
+        if e["composite"]["applied"]:
+            c = e["composite"]
+            click.echo(f"  composite {c['threshold']:g}: the edit kept over {c['edit_fraction']:.0%} of the image, the "
+                       f"reconstruction elsewhere (no pixel moved more than {c['max_change_of_edit']:.3f})")
     for kind, path in result.paths.items():
         click.echo(f"{kind:>15s}: {path}")

@@ -6,6 +6,8 @@ inversion's closed loop, null-text's per-step ∅, …, applied to every row), r
 prompts take the source row's attention (`control.EditController`). A per-step hook does what changes
 the latents themselves: `strength` (targets follow the source until the last fraction of steps, as
 SDEdit starts late) and local blending (outside the mask of the blend words a target is the source).
+After decoding, `composite` may put the reconstruction back where an edit changed the pixels only a little
+(`EditSettings.composite`): a post-process in pixel space, not part of the diffusion edit.
 """
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ class EditSettings:
     strength: float = 1.0  # fraction of the last steps that edit; before them targets follow the source
     mode: str = "auto"  # replace (word swap, equal token counts) | refine (aligned tokens) | auto
     control: bool = True  # False: no attention control, targets simply regenerate from x_T (a baseline)
+    composite: float = 0.3  # pixel composite: reconstruction where an edit changed < this × its largest change; 0 off
 
     def __post_init__(self) -> None:
         for name in ("cross_replace", "self_replace", "blend_start", "strength"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name.replace('_', '-')} must be a fraction between 0 and 1, got {value}")
+        if not 0.0 <= self.composite < 1.0:
+            raise ValueError(f"composite must be a fraction in [0, 1) (0: off), got {self.composite}")
         if not 0.0 <= self.blend_threshold < 1.0 or self.blend_dilate < 0:
             raise ValueError(f"blend threshold must be in [0, 1) and dilation >= 0, got {self.blend_threshold}, "
                              f"{self.blend_dilate}")
@@ -177,4 +182,21 @@ def edit_latents(model, inversion: Inversion, targets: Sequence[str], settings: 
                    calls[0])
 
 
-__all__ = ["EditSettings", "EditRun", "choose_mode", "word_weights", "make_plan", "edit_latents"]
+def composite(edited: torch.Tensor, recon: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each edit composited over the reconstruction in pixel space, and its soft mask.
+
+    edited (K, 3, H, W) and recon (1, 3, H, W) in the same units. d = max over RGB of |edit − recon|, and
+    t = threshold × the edit's own largest d: where d < t/2 the output is the reconstruction, where d > t the
+    edit, linear in between (mask (K, H, W) in [0, 1]). No pixel ends further than t/2 from the edit (the largest
+    of (1 − mask)·d), so the composite removes the small drift of a target branch away from the edit (the
+    decoder's haze, a background's tint) and cannot hide a large change: a shape drawn too big stays too big.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"composite threshold must be in (0, 1), got {threshold}")
+    d = (edited - recon).abs().amax(1)  # (K, H, W)
+    t = threshold * d.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    mask = ((d - t / 2) / (t / 2)).clamp(0, 1)
+    return recon + mask[:, None] * (edited - recon), mask
+
+
+__all__ = ["EditSettings", "EditRun", "choose_mode", "word_weights", "make_plan", "edit_latents", "composite"]

@@ -3,7 +3,10 @@
 1. The input becomes an inversion made with the source prompt (a saved file is checked against the model
    and the source prompt; a photo is inverted and its inversion saved beside the outputs).
 2. `edit.edit_latents` regenerates the source branch and every target in one batch.
-3. One decode for all rows and for the VAE round trip of the input.
+3. One decode for all rows and for the VAE round trip of the input; with `EditSettings.composite` (on by
+   default) each edit is composited over the reconstruction where it changed the pixels only a little
+   (`edit.composite`): outside that soft mask the output *is* the reconstruction, so what the report keeps there
+   is the reconstruction's fidelity, and the edit's own drift shows only inside it.
 4. Each edit is measured: what it kept (PSNR/SSIM outside its blend mask, against the input and against
    the source branch's reconstruction) and what it changed (inside the mask, or everywhere without one).
 5. Nothing is written until everything above succeeded; then every file is written atomically.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -25,7 +28,7 @@ from PIL import Image
 
 from . import __version__
 from .api import InveditError, InversionSettings, fitting_inversion, invert_image, prepared_from, replay_options
-from .edit import EditRun, EditSettings, edit_latents
+from .edit import EditRun, EditSettings, composite, edit_latents
 from .io import Prepared, moved, output_set, save_image, write_text
 from .methods import Progress, no_progress
 from .report import jsonable, region_metrics, side_by_side, to_unit
@@ -40,6 +43,7 @@ class EditResult:
     paths: dict[str, Path] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     mask: Optional[np.ndarray] = None  # (K, H, W) bool: each target's blend mask at the working size, or None
+    composite_mask: Optional[np.ndarray] = None  # (K, H, W) in [0, 1]: where each edit was kept over the reconstruction
     pictures: dict[str, Optional[np.ndarray]] = field(default_factory=dict)  # "compare", "attention": (H, W, 3) uint8
 
 
@@ -95,13 +99,17 @@ def _attention_picture(model, prompt: str, maps: Optional[torch.Tensor], origina
     return side_by_side(panels, min_height=128) if panels else None
 
 
-def _compare_picture(original, recon, edits, targets, masks) -> np.ndarray:
+def _compare_picture(original, recon, edits, masks, kept) -> np.ndarray:
+    """input | reconstruction | edits | blend masks | composite masks (white: the edit, black: the reconstruction)."""
     u8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
+    grey = lambda m: np.repeat(u8(np.asarray(m, np.float32))[..., None], 3, 2)  # noqa: E731
+    many = len(edits) > 1
     panels = [("input", u8(original)), ("reconstruction", u8(recon))]
-    panels += [(f"edit {k + 1}" if len(edits) > 1 else "edit", u8(e)) for k, e in enumerate(edits)]
+    panels += [(f"edit {k + 1}" if many else "edit", u8(e)) for k, e in enumerate(edits)]
     if masks is not None:
-        panels += [(f"mask {k + 1}" if len(edits) > 1 else "blend mask", np.repeat(m[..., None] * 255, 3, 2).astype(
-            np.uint8)) for k, m in enumerate(masks)]
+        panels += [(f"mask {k + 1}" if many else "blend mask", grey(m)) for k, m in enumerate(masks)]
+    if kept is not None:
+        panels += [(f"composite {k + 1}" if many else "composite mask", grey(m)) for k, m in enumerate(kept)]
     return side_by_side(panels)
 
 
@@ -139,24 +147,42 @@ def edit(model, image_or_inversion: Any, source: Optional[str], targets: Sequenc
     prepared = prepared_from(inversion)
     with torch.no_grad():  # 3.
         pixels = model.decode(torch.cat([run.latents, inversion.z0.to(run.latents.device)]))
+    raw, blended = pixels[1:len(targets) + 1], None
+    if edit_settings.composite > 0:
+        edits, blended = composite(raw, pixels[:1], edit_settings.composite)
+        pixels = torch.cat([pixels[:1], edits, pixels[len(targets) + 1:]])
     seconds["decode"] = time.perf_counter() - start - seconds["invert"] - seconds["edit"]
-    result = _finish(model, inversion, prepared, targets, run, pixels, edit_settings, seconds, warnings)
+    result = _finish(model, inversion, prepared, targets, run, pixels, edit_settings, seconds, warnings,
+                     (raw, blended))
     if out is None:
         return result
     paths = _write(Path(out), stem_override or stem, result, written)  # 5.
-    return EditResult(result.images, result.reconstruction, result.report, paths, result.warnings, result.mask,
-                      result.pictures)
+    return replace(result, paths=paths)
+
+
+def _composite_report(threshold: float, raw: torch.Tensor, final: torch.Tensor, mask: Optional[torch.Tensor],
+                      prepared: Prepared) -> list[dict[str, Any]]:
+    """Per target: the composite's settings, how much of the image kept the edit, and how far it moved a pixel."""
+    if mask is None:
+        return [{"threshold": 0.0, "applied": False}] * raw.shape[0]
+    moved = prepared.content((final - raw).abs()).amax(dim=(1, 2, 3)) / 2  # [-1, 1] → [0, 1] units
+    fraction = prepared.content(mask).flatten(1).mean(1)
+    return [{"threshold": threshold, "applied": True, "edit_fraction": float(f), "max_change_of_edit": float(m),
+             "note": "outside the composite mask the output is the reconstruction"} for f, m in zip(fraction, moved)]
 
 
 def _finish(model, inversion: Inversion, prepared: Prepared, targets, run: EditRun, pixels: torch.Tensor,
-            edit_settings: EditSettings, seconds, warnings) -> EditResult:
-    """Measure every edit (step 4) and build the report, images and pictures, writing nothing."""
+            edit_settings: EditSettings, seconds, warnings, composited) -> EditResult:
+    """Measure every edit (step 4) and build the report, images and pictures, writing nothing.
+    `composited` = (the edits as decoded, the composite's masks or None)."""
     unit = [to_unit(p) for p in prepared.content(pixels)]  # rows…, VAE round trip
     original = to_unit(prepared.content(prepared.pixels)[0])
     recon, vae, edits = unit[0], unit[-1], unit[1:-1]
     masks = _mask_pixels(run.mask, prepared)
+    raw, blended = composited
+    comp = _composite_report(edit_settings.composite, raw, pixels[1:len(targets) + 1], blended, prepared)
     per_target = [{"target": t, **measure(original, vae, recon, e, None if masks is None else masks[k]),
-                   "mask_fraction": None if masks is None else float(masks[k].mean())}
+                   "mask_fraction": None if masks is None else float(masks[k].mean()), "composite": comp[k]}
                   for k, (t, e) in enumerate(zip(targets, edits))]
     calls = inversion.stats.get("network_calls", 0)
     report = {"invedit": __version__, "source": inversion.prompt, "targets": list(targets), "mode": run.mode,
@@ -169,9 +195,11 @@ def _finish(model, inversion: Inversion, prepared: Prepared, targets, run: EditR
               "reconstruction_vs_input": region_metrics(recon, original, np.ones(original.shape[:2], bool)),
               "edits": per_target, "seconds": seconds, "image": prepared.describe(), "model": model.describe()}
     images = tuple(prepared.restore(pixels[k:k + 1]) for k in range(1, len(targets) + 1))
-    pictures = {"compare": _compare_picture(original, recon, edits, targets, masks),
+    composite_masks = None if blended is None else prepared.content(blended).cpu().numpy()
+    pictures = {"compare": _compare_picture(original, recon, edits, masks, composite_masks),
                 "attention": _attention_picture(model, inversion.prompt, run.maps, original)}
-    return EditResult(images, prepared.restore(pixels[:1]), report, {}, tuple(warnings), masks, pictures)
+    return EditResult(images, prepared.restore(pixels[:1]), report, {}, tuple(warnings), masks, composite_masks,
+                      pictures)
 
 
 def _write(out: Path, stem: str, result: EditResult, inversion: Optional[Inversion]) -> dict[str, Path]:

@@ -99,6 +99,7 @@ class EditStep(_Model):
     blend_threshold: float = Field(EditSettings.blend_threshold, ge=0, lt=1)
     blend_dilate: int = Field(EditSettings.blend_dilate, ge=0)
     blend_start: float = Field(EditSettings.blend_start, ge=0, le=1)
+    composite: float = Field(EditSettings.composite, ge=0, lt=1)
     reweight: dict[str, float] = Field(default_factory=dict)
     strength: float = Field(EditSettings.strength, ge=0, le=1)
     mode: Literal["auto", "replace", "refine"] = "auto"
