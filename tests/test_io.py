@@ -453,7 +453,8 @@ def test_save_image_png(tmp_path):
 
 
 @pytest.mark.parametrize("name, fmt", [("x.jpg", "JPEG"), ("x.JPEG", "JPEG"), ("x.webp", "WEBP"),
-                                       ("x.bmp", "BMP"), ("x.unknown", "PNG")])
+                                       ("x.bmp", "BMP"), ("x.gif", "GIF"), ("x.tif", "TIFF"), ("x.TIFF", "TIFF"),
+                                       ("x.unknown", "PNG")])
 def test_save_image_format_from_suffix(tmp_path, name, fmt):
     save_image(tmp_path / name, Image.new("RGB", (4, 4), (9, 9, 9)))
     with Image.open(tmp_path / name) as im:
