@@ -747,7 +747,7 @@ def test_working_budget_names_the_max_side_that_fits():
     with pytest.raises(ImageError) as err:
         iio.prepare(Image.new("RGB", (1245, 1000)), 8, max_work_pixels=1_235_000)
     assert str(err.value) == ("<image>: a working size of 1245×1000 = 1.25 MP is above the working budget of 1.24 MP "
-                              "(VAE memory grows with it): pass --max-side 1232 or less")  # √(1235000·1245/1000)
+                              "(memory grows with it): pass --max-side 1232 or less")  # √(1235000·1245/1000)
     assert iio.prepare(Image.new("RGB", (100, 100)), 4, max_work_pixels=10_000).pixels.shape == (1, 3, 100, 100)
     with pytest.raises(ImageError, match="working size of 50×25 = 0.00125 MP"):  # the max side applies first
         iio.prepare(Image.new("RGB", (100, 50)), 5, max_side=50, max_work_pixels=1249)
