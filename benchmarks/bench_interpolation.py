@@ -6,6 +6,7 @@ smoother), their mean, the largest gap between neighbours, the end frames' PSNR 
 reconstruction, the share of frames the shapes judge reads as the pair's shape, and the wall time.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_interpolation.py --pairs 4 --frames 9 --steps 20 --guidance 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_interpolation.py --methods fixed-point bdia  # methods side by side
 """
 from __future__ import annotations
 
@@ -54,34 +55,44 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--methods", nargs="+", default=["fixed-point"], help="inversion methods (rows per method)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--json", default=None)
     args = p.parse_args()
     model = api.load(device="cpu")
     folder = Path(tempfile.mkdtemp())
-    settings = api.InversionSettings(steps=args.steps, method="fixed-point", guidance=args.guidance)
-    inversions = []
-    for paths, captions, shape in make_pairs(args.pairs, folder, args.seed):
-        files = [api.invert_image(model, path, cap, settings, out=folder).path for path, cap in zip(paths, captions)]
-        inversions.append((files, shape))
+    pairs = make_pairs(args.pairs, folder, args.seed)
     rows = {}
-    for name, kwargs in VARIANTS.items():
-        per_pair = []
-        for files, shape in inversions:
-            start = time.perf_counter()
-            r = interpolate(model, files, interp=InterpolationSettings(frames=args.frames, batch_size=args.frames,
-                                                                       **kwargs))
-            seg = r.report["segments"][0]
-            gaps = [abs(e["frame_psnr_vs_input"] - e["reconstruction_psnr_vs_input"]) for e in r.report["endpoints"]]
-            per_pair.append({"spread": seg["spread"], "mean": seg["consecutive_mean"], "max": max(seg["consecutive"]),
-                             "endpoint_gap_db": max(gaps), "seconds": time.perf_counter() - start,
-                             "shape_kept": float(np.mean([judge(np.asarray(f)).shape == shape for f in r.frames]))})
-        rows[name] = {k: float(np.mean([row[k] for row in per_pair])) for k in per_pair[0]}
-        rows[name]["endpoint_gap_db"] = max(row["endpoint_gap_db"] for row in per_pair)
-    print(f"{args.pairs} pairs, {args.frames} frames, {args.steps} steps, fixed-point inversion at guidance "
-          f"{args.guidance}, torch threads {torch.get_num_threads()}")
-    print(f"{'':26s} {'spread':>7s} {'mean d':>7s} {'max d':>7s} {'end gap dB':>10s} {'shape kept':>10s} {'s/pair':>7s}")
+    for method in args.methods:
+        settings = api.InversionSettings(steps=args.steps, method=method, guidance=args.guidance)
+        inversions = []
+        for paths, captions, shape in pairs:
+            files = [api.invert_image(model, path, cap, settings, out=folder / method).path
+                     for path, cap in zip(paths, captions)]
+            inversions.append((files, shape))
+        for name in args.variants:
+            per_pair = []
+            for files, shape in inversions:
+                start = time.perf_counter()
+                r = interpolate(model, files, interp=InterpolationSettings(frames=args.frames, batch_size=args.frames,
+                                                                           **VARIANTS[name]))
+                seg = r.report["segments"][0]
+                gaps = [abs(e["frame_psnr_vs_input"] - e["reconstruction_psnr_vs_input"])
+                        for e in r.report["endpoints"]]
+                per_pair.append({"spread": seg["spread"], "mean": seg["consecutive_mean"],
+                                 "max": max(seg["consecutive"]), "endpoint_gap_db": max(gaps),
+                                 "seconds": time.perf_counter() - start,
+                                 "shape_kept": float(np.mean([judge(np.asarray(f)).shape == shape for f in r.frames]))})
+            row = {k: float(np.mean([x[k] for x in per_pair])) for k in per_pair[0]}
+            row["endpoint_gap_db"] = max(x["endpoint_gap_db"] for x in per_pair)
+            rows[name if len(args.methods) == 1 else f"{method}: {name}"] = row
+    print(f"{args.pairs} pairs, {args.frames} frames, {args.steps} steps, {', '.join(args.methods)} inversion at "
+          f"guidance {args.guidance}, torch threads {torch.get_num_threads()}")
+    width = max(26, *map(len, rows))
+    print(f"{'':{width}s} {'spread':>7s} {'mean d':>7s} {'max d':>7s} {'end gap dB':>10s} {'shape kept':>10s} "
+          f"{'s/pair':>7s}")
     for name, r in rows.items():
-        print(f"{name:26s} {r['spread']:7.3f} {r['mean']:7.4f} {r['max']:7.4f} {r['endpoint_gap_db']:10.4f} "
+        print(f"{name:{width}s} {r['spread']:7.3f} {r['mean']:7.4f} {r['max']:7.4f} {r['endpoint_gap_db']:10.4f} "
               f"{r['shape_kept']:10.0%} {r['seconds']:7.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
