@@ -3,7 +3,7 @@
 #   1. bench_realscale, SD 1.5-shaped random model, 512², 50 + 50 steps, guidance 1, fp16, batch 1 and 8
 #   2. bench_bigphoto, a 12 MP photo at --max-side 0 (fp16, 2 steps) and one batched decode against two
 #   3. bench_realscale, SDXL-shaped random model, 1024², 50 + 50 steps, guidance 1, fp16, batch 1
-#   4. gpu_cli_smoke.sh: every README command on the shipped model with --device cuda, fp32 and fp16
+#   4. gpu_cli_smoke.py: every README command on the shipped model with --device cuda, fp32 and fp16
 # PARTS="cli bigphoto" (say) runs some of them, in that order.
 # Results (8 files: JSON, Markdown, logs) go to $OUT (default ./gpu-out). diffusers is not on the GPU machine's image:
 # carry its wheel (and importlib_metadata's) in .whl/ (git-ignored), as README's "Benchmarks" section says.
@@ -64,6 +64,6 @@ for name in ${PARTS:-sd15 bigphoto sdxl cli}; do
     sdxl) part sdxl "${SDXL_LIMIT:-200}" python3 benchmarks/bench_realscale.py --family sdxl --sizes 1024 --batches 1 \
             --dtypes fp16 --steps 50 --repeats 2 --guidance 1 --json "$OUT/realscale-gpu-sdxl.json" \
             --markdown "$OUT/realscale-gpu-sdxl.md" ;;
-    cli) part cli "${CLI_LIMIT:-150}" bash benchmarks/gpu_cli_smoke.sh /tmp/gpu-smoke ;;
+    cli) part cli "${CLI_LIMIT:-150}" python3 benchmarks/gpu_cli_smoke.py ;;
     esac
 done
