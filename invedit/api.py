@@ -263,6 +263,11 @@ def reconstruct(model, inversion: Inversion | str | os.PathLike, out: Optional[s
     return ReconstructResult(report, image, paths, (), to_uint8(prepared.content(recon)[0]))
 
 
+def describe_image(model, prepared: Prepared) -> dict[str, Any]:
+    """A prepared image as reports give it, with whether the VAE works on it in tiles (`Model.vae_tiled`)."""
+    return {**prepared.describe(), "vae_tiled": model.vae_tiled(*prepared.pixels.shape[-2:])}
+
+
 def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err: float,
             seconds: dict[str, float]) -> dict[str, Any]:
     stats = inversion.stats
@@ -277,7 +282,7 @@ def _report(model, inversion: Inversion, prepared: Prepared, recon, vae, lat_err
                       "max_residual": stats.get("max_residual", float("nan")),
                       "settings": stats.get("settings", {}), "timesteps": list(inversion.schedule.timesteps)},
         "seconds": {**{f"invert.{k}": v for k, v in stats.get("seconds", {}).items()}, **seconds},
-        "image": {**prepared.describe(), "vae_tiled": model.vae_tiled(*prepared.pixels.shape[-2:])},
+        "image": describe_image(model, prepared),
         "model": model.describe(),
     }
 

@@ -280,7 +280,7 @@ def invert(image, model, model_config, device, dtype, prompt, steps, method, gui
         click.secho(f"warning: {w}", fg="yellow", err=True)
     summary = {"inversion": str(result.path), "method": method, "steps": steps, "guidance": guidance,
                "network_calls": stats["network_calls"], "max_residual": stats["max_residual"],
-               "seconds": stats["seconds"], "image": result.prepared.describe()}
+               "seconds": stats["seconds"], "image": api.describe_image(m, result.prepared)}
     if as_json:
         from .report import jsonable
 

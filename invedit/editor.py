@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import __version__
-from .api import InveditError, InversionSettings, fitting_inversion, invert_image, prepared_from, replay_options
+from .api import (InveditError, InversionSettings, describe_image, fitting_inversion, invert_image, prepared_from,
+                  replay_options)
 from .edit import EditRun, EditSettings, composite, edit_latents
 from .io import Prepared, moved, output_set, save_image, write_text
 from .methods import Progress, no_progress
@@ -193,7 +194,8 @@ def _finish(model, inversion: Inversion, prepared: Prepared, targets, run: EditR
               "network_calls": {"invert": calls, "edit": run.network_calls, "total": calls + run.network_calls,
                                 "batch_rows": 1 + len(targets)},
               "reconstruction_vs_input": region_metrics(recon, original, np.ones(original.shape[:2], bool)),
-              "edits": per_target, "seconds": seconds, "image": prepared.describe(), "model": model.describe()}
+              "edits": per_target, "seconds": seconds, "image": describe_image(model, prepared),
+              "model": model.describe()}
     images = tuple(prepared.restore(pixels[k:k + 1]) for k in range(1, len(targets) + 1))
     composite_masks = None if blended is None else prepared.content(blended).cpu().numpy()
     pictures = {"compare": _compare_picture(original, recon, edits, masks, composite_masks),

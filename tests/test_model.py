@@ -313,3 +313,13 @@ def test_half_precision_reads_a_folders_fp16_weights_and_the_vae_from_fp32(tiny_
         assert torch.equal(a, b), name
     assert torch.equal(next(iter(fp32.unet.parameters())),
                        next(iter(load_model(str(tiny_model_dir), device="cpu").unet.parameters())))
+
+
+def test_edit_reports_say_whether_the_vae_worked_in_tiles(tiny_model, photo, monkeypatch):
+    import invedit.model.adapter as adapter
+
+    settings = api.InversionSettings(steps=2, method="ddim", guidance=7.5)
+    for above, tiled in ((0, True), (10**9, False)):  # every image counts as large, then none does
+        monkeypatch.setattr(adapter, "TILE_ABOVE", above)
+        report = api.edit(tiny_model, photo, "a cat", ["a dog"], inversion=settings).report
+        assert report["image"]["vae_tiled"] is tiled
